@@ -1,0 +1,11 @@
+from asr.models.attention.scorers import (  # noqa: F401
+    ATTENTION_TYPES,
+    AdditiveAttention,
+    Attention,
+    DotAttention,
+    GeneralAttention,
+    LocationAttention,
+    LocationAwareAttention,
+    MultiHeadAttention,
+    build_attention,
+)

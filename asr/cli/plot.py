@@ -1,0 +1,285 @@
+"""``asr-plot``: attention alignment plots of decode directories.
+
+Usage::
+
+    asr-plot decode_dir=exp/an4/decode_test                       # worst 5 -> <decode_dir>/plots/<utt>.png
+    asr-plot decode_dir=exp/an4/decode_test worst_n=0 'utt_ids=[an251-fash-b]' first_n=3
+    asr-plot 'compare_dirs=[exp/dot/decode_test,exp/loc/decode_test]' \\
+             'compare_labels=[dot,location]' compare_utt=an251-fash-b   # -> <out_dir>/compare_<utt>.png
+
+A decode directory (written by ``asr-decode``) holds ``results.jsonl`` (``utt_id``, ``ref``,
+``hyp``, ``tokens``, ...), ``attention.npz`` (utt id -> float32 ``(len(tokens) + 1, enc_frames)``,
+last row = the step that emitted ``<eos>``) and ``meta.json`` (``frame_shift_s``, ``subsampling``,
+``attention``). Encoder frame ``s`` starts at ``s * frame_shift_s * subsampling`` seconds.
+
+Config: ``conf/plot.yaml``; Hydra creates no ``outputs/`` folder and does not change the cwd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from asr.cli.score import read_results
+from asr.metrics.wer import normalize_whitespace, per_utterance
+from asr.utils.paths import CONF_DIR
+from asr.viz.alignment import plot_alignment, plot_comparison, utterance_title
+
+__all__ = ["read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", "plot_compare", "main"]
+
+log = logging.getLogger(__name__)
+
+EOS = "<eos>"
+
+
+def read_meta(decode_dir: str | Path) -> dict[str, Any]:
+    """``<decode_dir>/meta.json`` with defaults ``frame_shift_s=0.01``, ``subsampling=1`` if absent."""
+    path = Path(decode_dir) / "meta.json"
+    meta: dict[str, Any] = {}
+    if path.is_file():
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        log.warning("%s not found: assuming frame_shift_s=0.01, subsampling=1", path)
+    meta.setdefault("frame_shift_s", 0.01)
+    meta.setdefault("subsampling", 1)
+    return meta
+
+
+def _seconds_per_frame(meta: dict[str, Any]) -> float:
+    return float(meta["frame_shift_s"]) * int(meta["subsampling"])
+
+
+def _word_stats(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    stats = per_utterance([r["ref"] for r in rows], [r["hyp"] for r in rows], [r["utt_id"] for r in rows])
+    return {s["utt_id"]: s for s in stats}
+
+
+def select_utts(
+    rows: Sequence[dict[str, Any]],
+    utt_ids: Sequence[str] = (),
+    worst_n: int = 5,
+    first_n: int = 0,
+) -> list[str]:
+    """Utterances to plot: ``utt_ids``, then the first ``first_n``, then the ``worst_n`` with most
+    word errors (ties broken by utt id); duplicates dropped, order kept.
+
+    Raises
+    ------
+    ValueError
+        If an id in ``utt_ids`` is not in ``rows``.
+    """
+    known = {r["utt_id"] for r in rows}
+    unknown = [u for u in utt_ids if u not in known]
+    if unknown:
+        raise ValueError(f"utterance id(s) not in results.jsonl: {unknown}")
+    chosen = list(utt_ids) + [r["utt_id"] for r in rows[: max(first_n, 0)]]
+    if worst_n > 0:
+        stats = _word_stats(rows)
+        ranked = sorted(stats.values(), key=lambda s: (-s["errors"], s["utt_id"]))
+        chosen += [s["utt_id"] for s in ranked[:worst_n]]
+    return list(dict.fromkeys(chosen))
+
+
+def _attention(npz: Any, utt_id: str, row: dict[str, Any], decode_dir: Path) -> tuple[np.ndarray, list[str]]:
+    if utt_id not in npz.files:
+        raise ValueError(f"{decode_dir / 'attention.npz'}: no attention for utterance {utt_id!r}")
+    w = np.asarray(npz[utt_id])
+    tokens = [str(t) for t in row.get("tokens", [])] + [EOS]
+    if w.ndim != 2 or w.shape[0] != len(tokens):
+        raise ValueError(
+            f"{decode_dir}: attention for {utt_id!r} has shape {w.shape}, expected "
+            f"(len(tokens) + 1 = {len(tokens)}, enc_frames)"
+        )
+    return w, tokens
+
+
+def _title(stat: dict[str, Any]) -> str:
+    wer = None if stat["wer"] is None else 100.0 * stat["wer"]
+    return utterance_title(stat["utt_id"], stat["ref"], stat["hyp"], wer)
+
+
+def plot_decode_dir(
+    decode_dir: str | Path,
+    utt_ids: Sequence[str] = (),
+    worst_n: int = 5,
+    out_dir: str | Path | None = None,
+    first_n: int = 0,
+) -> list[Path]:
+    """Write one alignment PNG per selected utterance of a decode directory.
+
+    Parameters
+    ----------
+    decode_dir : str or Path
+        Folder with ``results.jsonl``, ``attention.npz`` and ``meta.json``.
+    utt_ids : sequence of str
+        Utterances to plot in any case.
+    worst_n : int
+        Also plot the ``worst_n`` utterances with the most word errors (ties by utt id).
+    out_dir : str or Path, optional
+        Output folder (created); default ``<decode_dir>/plots``.
+    first_n : int
+        Also plot the first ``first_n`` utterances of ``results.jsonl``.
+
+    Returns
+    -------
+    list of Path
+        ``<out_dir>/<utt_id>.png`` per utterance, in selection order (see `select_utts`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``results.jsonl`` or ``attention.npz`` is missing.
+    ValueError
+        Unknown ``utt_ids``, missing attention, or attention shape ``!= (len(tokens) + 1, S)``.
+    """
+    d = Path(decode_dir)
+    out = Path(out_dir) if out_dir is not None else d / "plots"
+    rows = read_results(d)
+    by_id = {r["utt_id"]: r for r in rows}
+    meta = read_meta(d)
+    selected = select_utts(rows, utt_ids, worst_n, first_n)
+    if not selected:
+        return []
+    stats = _word_stats([by_id[u] for u in selected])
+    paths = []
+    with np.load(d / "attention.npz") as npz:
+        for u in selected:
+            w, tokens = _attention(npz, u, by_id[u], d)
+            paths.append(
+                plot_alignment(
+                    w,
+                    tokens,
+                    out / f"{u}.png",
+                    frame_shift_s=float(meta["frame_shift_s"]),
+                    subsampling=int(meta["subsampling"]),
+                    title=_title(stats[u]),
+                )
+            )
+    return paths
+
+
+def choose_compare_utt(decode_dirs: Sequence[str | Path]) -> str:
+    """Utterance for a comparison: the first of ``decode_dirs[0]`` (results order) that every
+    directory decoded correctly (hyp == ref up to whitespace) and has attention for; otherwise the
+    first utterance common to all.
+
+    Raises
+    ------
+    ValueError
+        If the directories have no utterance in common.
+    """
+    results = [{r["utt_id"]: r for r in read_results(d)} for d in decode_dirs]
+    attn_ids = []
+    for d in decode_dirs:
+        with np.load(Path(d) / "attention.npz") as npz:
+            attn_ids.append(set(npz.files))
+    common = [u for u in results[0] if all(u in res and u in a for res, a in zip(results, attn_ids))]
+    if not common:
+        raise ValueError(f"no utterance with attention common to all of {list(map(str, decode_dirs))}")
+    for u in common:
+        if all(normalize_whitespace(res[u]["ref"]) == normalize_whitespace(res[u]["hyp"]) for res in results):
+            return u
+    return common[0]
+
+
+def plot_compare(
+    decode_dirs: Sequence[str | Path],
+    labels: Sequence[str] | None = None,
+    utt_id: str | None = None,
+    out_path: str | Path | None = None,
+) -> Path:
+    """One figure comparing the attention of several decode directories on one utterance.
+
+    Parameters
+    ----------
+    decode_dirs : sequence of str or Path
+        Decode directories (e.g. one per attention scorer), one panel each, in this order.
+    labels : sequence of str, optional
+        Panel labels; empty/None -> each directory's ``meta.json`` ``attention`` (or its name).
+        Each panel title also shows that model's hypothesis and utterance WER.
+    utt_id : str, optional
+        Utterance; None -> `choose_compare_utt`.
+    out_path : str or Path, optional
+        PNG path; default ``<decode_dirs[0]>/plots/compare_<utt_id>.png``.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+
+    Raises
+    ------
+    ValueError
+        No directories, ``len(labels) != len(decode_dirs)``, the utterance missing from a
+        directory, or directories with different ``frame_shift_s * subsampling`` (the panels share
+        one time axis).
+    """
+    dirs = [Path(d) for d in decode_dirs]
+    if not dirs:
+        raise ValueError("plot_compare needs at least one decode directory")
+    metas = [read_meta(d) for d in dirs]
+    if labels:
+        if len(labels) != len(dirs):
+            raise ValueError(f"{len(labels)} labels for {len(dirs)} decode directories")
+        labels = [str(x) for x in labels]
+    else:
+        labels = [str(m.get("attention", d.name)) for m, d in zip(metas, dirs)]
+    spf = {_seconds_per_frame(m) for m in metas}
+    if len(spf) != 1:
+        raise ValueError(f"decode directories differ in frame_shift_s * subsampling ({sorted(spf)}); cannot share a time axis")
+    if utt_id is None:
+        utt_id = choose_compare_utt(dirs)
+    panels = []
+    ref = None
+    for d, label in zip(dirs, labels):
+        by_id = {r["utt_id"]: r for r in read_results(d)}
+        if utt_id not in by_id:
+            raise ValueError(f"{d / 'results.jsonl'}: no utterance {utt_id!r}")
+        row = by_id[utt_id]
+        stat = _word_stats([row])[utt_id]
+        ref = stat["ref"] if ref is None else ref
+        with np.load(d / "attention.npz") as npz:
+            w, tokens = _attention(npz, utt_id, row, d)
+        wer = "n/a" if stat["wer"] is None else f"{100.0 * stat['wer']:.1f}%"
+        panels.append((f"{label}  WER {wer}  HYP: {stat['hyp']}", w, tokens))
+    out = Path(out_path) if out_path is not None else dirs[0] / "plots" / f"compare_{utt_id}.png"
+    return plot_comparison(
+        panels,
+        out,
+        frame_shift_s=float(metas[0]["frame_shift_s"]),
+        subsampling=int(metas[0]["subsampling"]),
+        suptitle=f"{utt_id}\nREF: {ref}",
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="plot")
+def main(cfg: DictConfig) -> None:
+    """Console entry point ``asr-plot`` (config ``conf/plot.yaml``)."""
+    compare_dirs = list(cfg.compare_dirs or [])
+    if cfg.decode_dir is None and not compare_dirs:
+        raise SystemExit("asr-plot: set decode_dir=<dir> and/or compare_dirs=[<dir>,<dir>,...]")
+    paths: list[Path] = []
+    if cfg.decode_dir is not None:
+        out_dir = cfg.out_dir if cfg.out_dir is not None else Path(cfg.decode_dir) / "plots"
+        paths += plot_decode_dir(
+            cfg.decode_dir, [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), out_dir, first_n=int(cfg.first_n)
+        )
+    if compare_dirs:
+        utt = cfg.compare_utt if cfg.compare_utt is None else str(cfg.compare_utt)
+        if utt is None:
+            utt = choose_compare_utt(compare_dirs)
+        base = Path(cfg.out_dir) if cfg.out_dir is not None else Path(compare_dirs[0]) / "plots"
+        paths.append(plot_compare(compare_dirs, list(cfg.compare_labels or []), utt, base / f"compare_{utt}.png"))
+    for p in paths:
+        print(p, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""asr-train: train an attention encoder-decoder with Lightning, configured by Hydra.
+
+    asr-train experiment=an4/location_aware            # from recipes/an4 after stages 1-3
+    asr-train experiment=an4/location_aware ckpt_path=last   # resume
+    asr-train trainer=ddp trainer.accelerator=cpu trainer.devices=2
+
+Writes ``<exp_dir>/checkpoints/{best,last}.ckpt`` (best = lowest dev WER), TensorBoard logs under
+``<exp_dir>/tb``, ``<exp_dir>/config.yaml`` (the resolved config) and ``<exp_dir>/train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from asr.data.dataset import ASRDataModule, load_split
+from asr.features.fbank import FbankOptions, GlobalCMVN
+from asr.lightning.module import ASRLightningModule
+from asr.text.tokenizer import Tokenizer
+from asr.utils.io import atomic_torch_save, atomic_write_text
+from asr.utils.paths import CONF_DIR
+
+log = logging.getLogger("asr.train")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed: a crash never leaves a truncated checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def fbank_options(cfg: DictConfig) -> FbankOptions:
+    """FbankOptions from the ``features`` config group."""
+    f = cfg.features
+    return FbankOptions(f.num_mel_bins, f.frame_length_ms, f.frame_shift_ms, f.sample_rate, f.dither)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train from a composed config; returns a summary (best checkpoint, best dev WER, epochs, wall time).
+
+    Raises
+    ------
+    FileNotFoundError
+        Tokenizer model, CMVN statistics or data dirs missing (the message names the recipe stage).
+    """
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True)
+    exp_dir = Path(cfg.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), exp_dir / "config.yaml")
+
+    tokenizer = Tokenizer.from_file(cfg.tokenizer.model)
+    cmvn = GlobalCMVN.from_file(cfg.features.cmvn)
+    fb = fbank_options(cfg)
+    d = cfg.data
+    train_set = load_split(Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train)
+    dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev)
+    log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
+    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, d.max_frames, d.num_workers, cfg.seed)
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    module = ASRLightningModule(model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)
+
+    ckpt_dir = exp_dir / "checkpoints"
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="dev/wer", mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(exp_dir),
+        deterministic=bool(cfg.deterministic),
+        use_distributed_sampler=False,  # LengthBucketBatchSampler shards by rank itself
+        callbacks=[best_cb, LearningRateMonitor("epoch")]
+        + ([TQDMProgressBar(refresh_rate=5)] if trainer_kwargs.get("enable_progress_bar", True) else []),
+        logger=[TensorBoardLogger(str(exp_dir), name="tb", version=""), CSVLogger(str(exp_dir), name="csv", version="")],
+        plugins=[AtomicCheckpointIO()],
+    )
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+        log.info("resuming from %s", ckpt_path or "nothing (no last.ckpt yet): starting fresh")
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    wall = time.time() - t0
+    summary = {
+        "name": cfg.name,
+        "best_checkpoint": best_cb.best_model_path,
+        "best_dev_wer": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
+        "epochs": int(trainer.current_epoch),
+        "train_wall_s": round(wall, 1),
+        "n_params": n_params,
+        "machine": _machine(),
+    }
+    if trainer.is_global_zero:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", exp_dir / "train_summary.json")
+        log.info("done: %s", summary)
+    return summary
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads)"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Console script ``asr-train`` (Hydra overrides on the command line)."""
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

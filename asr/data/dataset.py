@@ -1,0 +1,225 @@
+"""Dataset, batching and the LightningDataModule.
+
+Why no lhotse: AN4-sized corpora fit in memory as precomputed fbank (``dump/<split>/feats.pt``), the
+Kaldi data dirs already are the manifests, and a 60-line length-bucketing sampler that knows rank and world
+size covers what lhotse's ``DynamicBucketingSampler`` would give here, without another dependency.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from asr.data.datadir import Utterance, read_data_dir
+from asr.features.audio import load_audio
+from asr.features.fbank import FbankOptions, compute_fbank
+from asr.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """A padded minibatch.
+
+    Attributes
+    ----------
+    feats : ``(B, T, F)`` float32 fbank, zero padded
+    feat_lens : ``(B,)`` int64 frames
+    tokens : ``(B, U)`` int64 token ids, padded with the tokenizer's ``pad_id``
+    token_lens : ``(B,)`` int64
+    ids : utterance ids; texts : reference transcripts
+    """
+
+    feats: Tensor
+    feat_lens: Tensor
+    tokens: Tensor
+    token_lens: Tensor
+    ids: list[str]
+    texts: list[str]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.feats.to(device), self.feat_lens.to(device), self.tokens.to(device), self.token_lens.to(device), self.ids, self.texts)
+
+
+def dump_features(utts: Sequence[Utterance], out_path: str | Path, opts: FbankOptions = FbankOptions()) -> dict[str, Tensor]:
+    """Compute fbank for every utterance and save ``{utt_id: (T, F) float32}`` atomically to ``out_path``.
+
+    Raises ``asr.features.audio.AudioError`` naming the file if an audio file cannot be read (data
+    preparation has already reported and removed unusable files).
+    """
+    from tqdm import tqdm
+
+    from asr.utils.io import atomic_torch_save
+
+    feats = {}
+    for u in tqdm(utts, desc=f"fbank {Path(out_path).parent.name}", unit="utt"):
+        feats[u.utt_id] = compute_fbank(load_audio(u.wav, opts.sample_rate), opts)
+    atomic_torch_save(feats, out_path)
+    return feats
+
+
+class ASRDataset(Dataset):
+    """Utterances of a data dir with their fbank (from a dump, or computed from audio on access) and tokens.
+
+    Parameters
+    ----------
+    utts : sequence of Utterance
+    tokenizer : Tokenizer
+    feats : dict, optional
+        ``{utt_id: (T, F)}`` precomputed fbank (``dump_features``); missing ids are computed from audio.
+    fbank : FbankOptions
+    """
+
+    def __init__(self, utts: Sequence[Utterance], tokenizer: Tokenizer, feats: dict[str, Tensor] | None = None, fbank: FbankOptions = FbankOptions()) -> None:
+        self.utts = list(utts)
+        self.tokenizer = tokenizer
+        self.feats = feats or {}
+        self.fbank = fbank
+        self.tokens = [tokenizer.encode(u.text) for u in self.utts]
+        n_unk = sum(t.count(tokenizer.unk_id) for t in self.tokens)
+        if n_unk:
+            log.warning("%d tokens mapped to <unk> in %d utterances", n_unk, len(self.utts))
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def num_frames(self, i: int) -> int:
+        """Frames of utterance ``i`` (from the dump, else estimated from its duration)."""
+        u = self.utts[i]
+        if u.utt_id in self.feats:
+            return int(self.feats[u.utt_id].shape[0])
+        return max(1, int(u.duration / self.fbank.frame_shift_s))
+
+    def __getitem__(self, i: int) -> tuple[str, Tensor, list[int], str]:
+        u = self.utts[i]
+        x = self.feats.get(u.utt_id)
+        if x is None:
+            x = compute_fbank(load_audio(u.wav, self.fbank.sample_rate), self.fbank)
+        return u.utt_id, x, self.tokens[i], u.text
+
+
+def make_collate(pad_id: int):
+    """Collate function padding features with 0 and tokens with ``pad_id``."""
+
+    def collate(items: list[tuple[str, Tensor, list[int], str]]) -> Batch:
+        ids, xs, ys, texts = zip(*items)
+        feat_lens = torch.tensor([x.shape[0] for x in xs], dtype=torch.long)
+        feats = torch.nn.utils.rnn.pad_sequence(list(xs), batch_first=True)
+        token_lens = torch.tensor([len(y) for y in ys], dtype=torch.long)
+        tokens = torch.full((len(ys), max(1, int(token_lens.max()))), pad_id, dtype=torch.long)
+        for i, y in enumerate(ys):
+            tokens[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        return Batch(feats, feat_lens, tokens, token_lens, list(ids), list(texts))
+
+    return collate
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Batches of utterances of similar length, at most ``max_frames`` padded frames or ``batch_size`` each.
+
+    Utterances are sorted by length and cut into batches (little padding); with ``shuffle`` the batch order is
+    reshuffled every epoch from ``seed + epoch``. Distributed: every rank gets the same number of batches
+    (the list is padded by repeating batches), rank ``r`` taking batches ``r, r + W, ...``, so the effective
+    batch is ``world_size x`` one rank's batch.
+
+    Parameters
+    ----------
+    lengths : sequence of int
+        Frames per utterance.
+    batch_size : int
+        Maximum utterances per batch.
+    max_frames : int
+        Maximum of ``B * T_max`` per batch (0 = no limit); a longer single utterance gets its own batch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, max_frames: int = 0, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas is None or rank is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = torch.distributed.get_world_size() if dist else 1
+            rank = torch.distributed.get_rank() if dist else 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        self.batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            t_max = lengths[i]  # sorted ascending: the newest item is the longest
+            if cur and (len(cur) + 1 > batch_size or (max_frames and (len(cur) + 1) * t_max > max_frames)):
+                self.batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            self.batches.append(cur)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop so each epoch gets another order."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.batches)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(batches)
+        per_rank = math.ceil(len(batches) / self.num_replicas)
+        batches += batches[: per_rank * self.num_replicas - len(batches)]
+        return iter(batches[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.num_replicas)
+
+
+def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tokenizer, fbank: FbankOptions = FbankOptions(), limit: int = 0) -> ASRDataset:
+    """Dataset of a data dir, with features from ``<dump_dir>/feats.pt`` when it exists.
+
+    ``limit`` > 0 keeps only the first ``limit`` utterances (debugging and smoke runs).
+    """
+    utts = read_data_dir(data_dir)
+    if limit:
+        utts = utts[:limit]
+    feats = None
+    if dump_dir is not None and (Path(dump_dir) / "feats.pt").is_file():
+        feats = torch.load(Path(dump_dir) / "feats.pt", weights_only=True)
+    return ASRDataset(utts, tokenizer, feats, fbank)
+
+
+class ASRDataModule(L.LightningDataModule):
+    """Train and dev loaders with length bucketing.
+
+    Parameters
+    ----------
+    train, dev : ASRDataset
+    batch_size : int
+        Utterances per batch per device (effective batch = ``batch_size x devices x accumulate_grad_batches``).
+    max_frames : int
+        Cap on padded frames per batch (0 = none).
+    num_workers : int
+    seed : int
+    """
+
+    def __init__(self, train: ASRDataset, dev: ASRDataset, pad_id: int, batch_size: int = 32, max_frames: int = 0, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.train_set, self.dev_set = train, dev
+        self.collate = make_collate(pad_id)
+        self.batch_size, self.max_frames, self.num_workers, self.seed = batch_size, max_frames, num_workers, seed
+        self._train_sampler: LengthBucketBatchSampler | None = None
+
+    def _loader(self, ds: ASRDataset, shuffle: bool) -> DataLoader:
+        sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], self.batch_size, self.max_frames, shuffle=shuffle, seed=self.seed)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dev_set, False)

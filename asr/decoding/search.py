@@ -1,0 +1,194 @@
+"""Greedy and batched beam search for the attention decoder.
+
+Both run on a whole batch of utterances at once; beam search keeps the ``B x K`` hypotheses in one tensor
+program (flattened top-k over ``K * V`` candidates per utterance, ``beam = id // V``, ``token = id % V``,
+as ESPnet's batch beam search) and reorders the decoder state with ``DecoderState.select``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from asr.models.asr_model import AttentionASRModel
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Search settings.
+
+    Attributes
+    ----------
+    beam_size : int
+        K; 1 gives the greedy result.
+    max_len_ratio : float
+        Hypotheses stop after ``max(min_len, ceil(max_len_ratio * S))`` tokens, S = encoder frames.
+    min_len : int
+        Floor of the maximum length above.
+    length_penalty : float
+        Finished hypotheses are ranked by ``log p / (len + 1) ** length_penalty`` (len counts eos);
+        0 ranks by raw log-probability, 1 by per-token average (length normalisation).
+    """
+
+    beam_size: int = 1
+    max_len_ratio: float = 1.5
+    min_len: int = 5
+    length_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded hypothesis.
+
+    ``tokens``: ids without sos/eos; ``score``: total log-probability including eos;
+    ``norm_score``: the ranking score; ``attention``: ``(len(tokens) + 1, S)`` weights (last row = eos step).
+    """
+
+    tokens: list[int]
+    score: float
+    norm_score: float
+    attention: Tensor = field(repr=False)
+
+
+def _max_lens(hs_lens: Tensor, opts: DecodingOptions) -> Tensor:
+    return torch.clamp(torch.ceil(hs_lens.float() * opts.max_len_ratio).long(), min=opts.min_len)
+
+
+def _norm(score: float, n: int, penalty: float) -> float:
+    return score / (n ** penalty) if penalty else score
+
+
+@torch.no_grad()
+def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+    """Arg-max decoding of a batch.
+
+    Parameters
+    ----------
+    xs_pad : ``(B, T, F)`` fbank; xs_lens : ``(B,)`` frames.
+
+    Returns
+    -------
+    list of Hypothesis, one per utterance, in batch order.
+    """
+    hs, hs_lens = model.encode(xs_pad, xs_lens)
+    dec = model.decoder
+    memory = dec.memory(hs, hs_lens)
+    state = dec.init_state(memory)
+    b = hs.shape[0]
+    max_lens = _max_lens(hs_lens, opts)
+    y = hs.new_full((b,), model.sos_id, dtype=torch.long)
+    done = torch.zeros(b, dtype=torch.bool, device=hs.device)
+    scores = hs.new_zeros(b)
+    toks, atts = [], []
+    for t in range(int(max_lens.max())):
+        logits, w, state = dec.step(y, state, memory)
+        logp = torch.log_softmax(logits.float(), -1)
+        best_lp, y = logp.max(-1)
+        active = ~done
+        scores = scores + best_lp * active
+        toks.append(torch.where(active, y, torch.full_like(y, -1)))
+        atts.append(w)
+        done = done | (y == model.eos_id) | (t + 1 >= max_lens)
+        if bool(done.all()):
+            break
+    toks_t, atts_t = torch.stack(toks, 1).cpu(), torch.stack(atts, 1).cpu()
+    out = []
+    for i in range(b):
+        seq = [int(v) for v in toks_t[i] if v >= 0]
+        n = len(seq)  # includes eos if emitted
+        tokens = seq[:-1] if seq and seq[-1] == model.eos_id else seq
+        s = float(scores[i])
+        out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i, :n, : int(hs_lens[i])]))
+    return out
+
+
+@torch.no_grad()
+def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+    """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
+
+    At each step the ``2K`` best extensions of each utterance are taken; those ending in eos among the best
+    ``K`` are finished (as fairseq's search), the best ``K`` that do not end in eos stay alive. An utterance
+    stops when it has ``K`` finished hypotheses or reaches its maximum length (then its live hypotheses
+    are finished as they are). The result is the finished hypothesis with the best ``norm_score``.
+
+    Parameters and returns as :func:`greedy_search`.
+    """
+    k = opts.beam_size
+    hs, hs_lens = model.encode(xs_pad, xs_lens)
+    dec = model.decoder
+    b, s_max = hs.shape[0], hs.shape[1]
+    dev = hs.device
+    rep = torch.arange(b, device=dev).repeat_interleave(k)
+    memory = dec.memory(hs, hs_lens).select(rep)
+    state = dec.init_state(memory)
+    v = dec.vocab_size
+    max_lens = _max_lens(hs_lens, opts)
+    # Only the first beam of each utterance is live at the start.
+    scores = torch.full((b, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0
+    y = torch.full((b * k,), model.sos_id, dtype=torch.long, device=dev)
+    hist = torch.empty(b * k, 0, dtype=torch.long, device=dev)
+    att_hist = torch.empty(b * k, 0, s_max, device=dev)
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool)
+    base = (torch.arange(b, device=dev) * k)[:, None]
+    for t in range(int(max_lens.max())):
+        logits, w, state = dec.step(y, state, memory)
+        logp = torch.log_softmax(logits.float(), -1).view(b, k, v)
+        cand = (scores[:, :, None] + logp).view(b, k * v)
+        n_cand = min(2 * k, k * v)
+        top_scores, top_ids = cand.topk(n_cand, dim=-1)  # (B, 2K)
+        beam_idx, tok = top_ids // v, top_ids % v
+        is_eos = tok == model.eos_id
+        last = (t + 1) >= max_lens  # (B,)
+        # Finish: eos candidates ranked within the best K (and not -inf).
+        fin = is_eos & (torch.arange(n_cand, device=dev)[None, :] < k) & torch.isfinite(top_scores)
+        new_hist_src = base + beam_idx  # (B, 2K) flat source row
+        if bool(fin.any()):
+            for bi, ci in fin.nonzero().tolist():
+                if done[bi] or len(finished[bi]) >= k:
+                    continue
+                src = int(new_hist_src[bi, ci])
+                toks = hist[src].tolist()
+                att = torch.cat([att_hist[src], w[src : src + 1]], 0)[:, : int(hs_lens[bi])].cpu()
+                sc = float(top_scores[bi, ci])
+                finished[bi].append(Hypothesis(toks, sc, _norm(sc, len(toks) + 1, opts.length_penalty), att))
+        # Keep the best K non-eos candidates alive: sort key pushes eos ones to the back.
+        order = torch.arange(n_cand, device=dev)[None, :] + n_cand * is_eos.long()
+        keep = order.argsort(dim=-1)[:, :k]  # (B, K) positions into the 2K candidates
+        scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
+        src = new_hist_src.gather(1, keep).view(-1)
+        y = tok.gather(1, keep).view(-1)
+        state = state.select(src)
+        hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
+        att_hist = torch.cat([att_hist.index_select(0, src), w.index_select(0, src)[:, None]], 1)
+        for bi in range(b):
+            if done[bi]:
+                continue
+            if len(finished[bi]) >= k:
+                done[bi] = True
+            elif bool(last[bi]):
+                # Out of length: the live hypotheses end here (no eos emitted).
+                for j in range(k):
+                    sc = float(scores[bi, j])
+                    if sc == float("-inf"):
+                        continue
+                    row = bi * k + j
+                    toks = hist[row].tolist()
+                    finished[bi].append(
+                        Hypothesis(toks, sc, _norm(sc, len(toks), opts.length_penalty), att_hist[row, :, : int(hs_lens[bi])].cpu())
+                    )
+                done[bi] = True
+        if bool(done.all()):
+            break
+        scores = scores.masked_fill(done.to(dev)[:, None], float("-inf"))
+    return [max(f, key=lambda h: h.norm_score) for f in finished]
+
+
+def decode_batch(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
+    """Greedy search when ``opts.beam_size == 1``, else beam search."""
+    if opts.beam_size <= 1:
+        return greedy_search(model, xs_pad, xs_lens, opts)
+    return beam_search(model, xs_pad, xs_lens, opts)

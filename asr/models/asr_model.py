@@ -1,0 +1,137 @@
+"""The attention encoder-decoder (pure PyTorch; Lightning only wraps it)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asr.features.fbank import GlobalCMVN
+from asr.models.attention import build_attention
+from asr.models.decoders.rnn import RNNAttentionDecoder
+from asr.models.encoders.pblstm import PyramidalBLSTMEncoder, make_pad_mask
+
+#: Encoder and decoder families by config name. A name registry, not Hydra ``_target_`` paths, so that a
+#: model config read back from a checkpoint can only ever build these classes.
+ENCODERS = {"pblstm": PyramidalBLSTMEncoder}
+DECODERS = {"rnn": RNNAttentionDecoder}
+
+
+class AttentionASRModel(nn.Module):
+    """CMVN → encoder → attention decoder, trained with label-smoothed cross-entropy under teacher forcing.
+
+    Parameters
+    ----------
+    cmvn : GlobalCMVN
+    encoder : nn.Module
+        ``forward(xs (B, T, F), xs_lens) -> (hs (B, S, D), hs_lens)`` with attribute ``subsampling_factor``.
+    decoder : RNNAttentionDecoder
+    sos_id, eos_id, pad_id : int
+        Special ids from the tokenizer.
+    label_smoothing : float
+        Probability mass spread uniformly over the vocabulary (Szegedy et al. 2016).
+    """
+
+    def __init__(
+        self,
+        cmvn: GlobalCMVN,
+        encoder: nn.Module,
+        decoder: RNNAttentionDecoder,
+        sos_id: int,
+        eos_id: int,
+        pad_id: int,
+        label_smoothing: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.cmvn, self.encoder, self.decoder = cmvn, encoder, decoder
+        self.sos_id, self.eos_id, self.pad_id = sos_id, eos_id, pad_id
+        self.label_smoothing = label_smoothing
+
+    @property
+    def subsampling_factor(self) -> int:
+        return self.encoder.subsampling_factor
+
+    def encode(self, xs_pad: Tensor, xs_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalise and encode: ``(B, T, F), (B,) -> (B, S, D), (B,)``."""
+        return self.encoder(self.cmvn(xs_pad), xs_lens)
+
+    def add_sos_eos(self, ys_pad: Tensor, ys_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoder input ``[sos, y_1..y_U]`` and target ``[y_1..y_U, eos]``, both ``(B, U+1)``; pad = ``pad_id``."""
+        b, u = ys_pad.shape
+        mask = make_pad_mask(ys_lens, u)
+        ys = ys_pad.masked_fill(~mask, self.pad_id)
+        ys_in = torch.cat([ys.new_full((b, 1), self.sos_id), ys], 1)
+        ys_out = torch.cat([ys, ys.new_full((b, 1), self.pad_id)], 1)
+        ys_out[torch.arange(b, device=ys.device), ys_lens] = self.eos_id
+        return ys_in, ys_out
+
+    def forward(self, xs_pad: Tensor, xs_lens: Tensor, ys_pad: Tensor, ys_lens: Tensor) -> dict[str, Tensor]:
+        """Teacher-forced loss.
+
+        Parameters
+        ----------
+        xs_pad : ``(B, T, F)`` fbank; xs_lens : ``(B,)`` frames
+        ys_pad : ``(B, U)`` token ids; ys_lens : ``(B,)`` tokens (without sos/eos)
+
+        Returns
+        -------
+        dict
+            ``loss`` (label-smoothed CE averaged over target tokens incl. eos), ``nll`` (no smoothing),
+            ``acc`` (token accuracy), ``n_tokens``, ``weights`` ``(B, U+1, S)``.
+        """
+        hs, hs_lens = self.encode(xs_pad, xs_lens)
+        ys_in, ys_out = self.add_sos_eos(ys_pad, ys_lens)
+        logits, weights = self.decoder(hs, hs_lens, ys_in)
+        valid = ys_out != self.pad_id
+        flat_logits, flat_target = logits[valid], ys_out[valid]
+        loss = F.cross_entropy(flat_logits, flat_target, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            nll = F.cross_entropy(flat_logits, flat_target)
+            acc = (flat_logits.argmax(-1) == flat_target).float().mean()
+        return {"loss": loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
+
+
+def build_model(
+    cfg: Mapping[str, Any],
+    vocab_size: int,
+    sos_id: int,
+    eos_id: int,
+    pad_id: int,
+    feat_dim: int = 80,
+    cmvn: GlobalCMVN | None = None,
+) -> AttentionASRModel:
+    """Build a model from a plain config mapping (the ``model`` group of the Hydra config).
+
+    ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments),
+    ``decoder`` (``type`` + arguments) and ``label_smoothing``.
+
+    Raises
+    ------
+    ValueError
+        Unknown encoder/decoder/attention type.
+    """
+    enc_cfg = dict(cfg["encoder"])
+    enc_type = enc_cfg.pop("type")
+    if enc_type not in ENCODERS:
+        raise ValueError(f"unknown encoder type {enc_type!r}; choose one of {sorted(ENCODERS)}")
+    encoder = ENCODERS[enc_type](input_dim=feat_dim, **enc_cfg)
+    dec_cfg = dict(cfg["decoder"])
+    dec_type = dec_cfg.pop("type")
+    if dec_type not in DECODERS:
+        raise ValueError(f"unknown decoder type {dec_type!r}; choose one of {sorted(DECODERS)}")
+    att_cfg = dict(cfg["attention"])
+    attention = build_attention(
+        att_cfg.pop("type"), query_dim=dec_cfg.get("hidden_size", 256), key_dim=encoder.output_dim, **att_cfg
+    )
+    decoder = DECODERS[dec_type](vocab_size=vocab_size, enc_dim=encoder.output_dim, attention=attention, **dec_cfg)
+    return AttentionASRModel(
+        cmvn if cmvn is not None else GlobalCMVN.identity(feat_dim),
+        encoder,
+        decoder,
+        sos_id=sos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        label_smoothing=float(cfg.get("label_smoothing", 0.1)),
+    )

@@ -1,0 +1,215 @@
+"""Attention alignment plots (decoder step x encoder time heat maps).
+
+Rows are decoder output steps (one per emitted token, the last usually ``<eos>``), columns are
+encoder frames. The x axis is in seconds: encoder frame ``s`` covers
+``[s, s + 1) * frame_shift_s * subsampling`` (e.g. 10 ms fbank shift x pyramid subsampling 8 = 80 ms
+per encoder frame), so the image spans ``0 .. S * frame_shift_s * subsampling`` seconds.
+
+Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``) without
+pyplot, so nothing touches the global backend or pyplot's figure registry: PNGs are rendered by the
+``Agg`` canvas on ``savefig``, works on headless machines, and figures need no ``plt.close``
+(they are freed when unreferenced). This also leaves an interactive session's backend alone.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.axes
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["alignment_figure", "plot_alignment", "plot_comparison", "utterance_title"]
+
+CMAP = "viridis"
+DPI = 120
+_WRAP = 110  # characters per title line
+
+
+def utterance_title(utt_id: str, ref: str, hyp: str, wer: float | None) -> str:
+    """Standard title for one utterance: ``"<id>  WER <x>%\\nREF: ...\\nHYP: ..."``.
+
+    Parameters
+    ----------
+    wer : float or None
+        Utterance WER in percent; ``None`` prints ``n/a`` (e.g. empty reference).
+    """
+    w = "n/a" if wer is None else f"{wer:.1f}%"
+    return f"{utt_id}  WER {w}\nREF: {ref}\nHYP: {hyp}"
+
+
+def _wrap(title: str, width: int = _WRAP) -> str:
+    """Wrap each line of ``title`` to ``width`` characters (continuation lines indented)."""
+    out = []
+    for line in title.split("\n"):
+        out.append(textwrap.fill(line, width=width, subsequent_indent="     ") if line else "")
+    return "\n".join(out)
+
+
+def _check(weights: np.ndarray, tokens: Sequence[str]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"attention weights must be 2-D (U, S), got shape {w.shape}")
+    if w.shape[0] != len(tokens):
+        raise ValueError(f"{len(tokens)} token labels for {w.shape[0]} attention rows (shape {w.shape})")
+    if w.shape[1] == 0:
+        raise ValueError(f"attention weights have no encoder frames (shape {w.shape})")
+    return w
+
+
+def _token_fontsize(n_rows: int) -> float:
+    return float(np.clip(360.0 / max(n_rows, 1), 5.0, 10.0))
+
+
+def _draw(
+    ax: matplotlib.axes.Axes,
+    w: np.ndarray,
+    tokens: Sequence[str],
+    seconds_per_frame: float,
+    vmax: float | None = None,
+) -> matplotlib.image.AxesImage:
+    U, S = w.shape
+    im = ax.imshow(
+        w,
+        aspect="auto",
+        origin="upper",
+        cmap=CMAP,
+        interpolation="nearest",
+        extent=(0.0, S * seconds_per_frame, U - 0.5, -0.5),
+        vmin=0.0,
+        vmax=vmax if vmax is not None else max(float(w.max()), 1e-6),
+    )
+    ax.set_yticks(np.arange(U))
+    ax.set_yticklabels(list(tokens), fontsize=_token_fontsize(U))
+    ax.set_xlim(0.0, S * seconds_per_frame)
+    ax.set_ylabel("output token")
+    return im
+
+
+def _fig_height(n_rows: int, title: str) -> float:
+    return float(np.clip(1.5 + 0.16 * n_rows, 3.0, 18.0)) + 0.2 * (title.count("\n") + 1 if title else 0)
+
+
+def alignment_figure(
+    weights: np.ndarray,
+    tokens: Sequence[str],
+    frame_shift_s: float = 0.01,
+    subsampling: int = 1,
+    title: str = "",
+) -> Figure:
+    """Heat map of one attention matrix.
+
+    Parameters
+    ----------
+    weights : ndarray, shape (U, S)
+        Attention weights, row ``u`` = decoder step ``u``, column ``s`` = encoder frame ``s``.
+    tokens : list of str, length U
+        Label of each row (the emitted tokens, usually ending with ``"<eos>"``).
+    frame_shift_s : float
+        Input frame shift in seconds (0.01 for 10 ms fbank).
+    subsampling : int
+        Encoder time reduction factor; one encoder frame lasts ``frame_shift_s * subsampling`` s.
+    title : str
+        Figure title; long lines are wrapped.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes (the heat map) plus a colorbar; x limits are ``(0, S * frame_shift_s * subsampling)``.
+        Not registered with pyplot (no ``plt.close`` needed); ``fig.savefig`` renders with Agg.
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is not 2-D, has no columns, or ``len(tokens) != U``.
+    """
+    w = _check(weights, tokens)
+    U, _ = w.shape
+    fig = Figure(figsize=(10.0, _fig_height(U, title)), layout="constrained")
+    ax = fig.subplots()
+    im = _draw(ax, w, tokens, frame_shift_s * subsampling)
+    ax.set_xlabel("time (s)")
+    fig.colorbar(im, ax=ax, label="attention weight", pad=0.01)
+    if title:
+        ax.set_title(_wrap(title), fontsize=9, loc="left")
+    return fig
+
+
+def plot_alignment(
+    weights: np.ndarray,
+    tokens: Sequence[str],
+    out_path: str | Path,
+    frame_shift_s: float = 0.01,
+    subsampling: int = 1,
+    title: str = "",
+) -> Path:
+    """Save `alignment_figure` as a PNG (dpi 120) at ``out_path`` (parents created).
+
+    Returns the path written. Raises ``ValueError`` as `alignment_figure`.
+    """
+    fig = alignment_figure(weights, tokens, frame_shift_s, subsampling, title)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI)
+    return out_path
+
+
+def plot_comparison(
+    panels: Sequence[tuple[str, np.ndarray, Sequence[str]]],
+    out_path: str | Path,
+    frame_shift_s: float = 0.01,
+    subsampling: int = 1,
+    suptitle: str = "",
+) -> Path:
+    """Stack several attention maps of the same utterance (e.g. one per attention scorer).
+
+    Parameters
+    ----------
+    panels : list of (label, weights, tokens)
+        ``weights`` of shape ``(U_i, S_i)`` with ``len(tokens) == U_i``; ``label`` titles the panel.
+    out_path : str or Path
+        PNG to write (parents created).
+    frame_shift_s, subsampling : float, int
+        As in `alignment_figure`; shared by all panels.
+    suptitle : str
+        Figure title (wrapped).
+
+    Returns
+    -------
+    Path
+        ``out_path``. All panels share the time axis (same x limits, ``0 .. max_i S_i * shift``) and
+        one colour scale ``0 .. max weight over all panels`` with one colorbar.
+
+    Raises
+    ------
+    ValueError
+        If ``panels`` is empty or a panel's shapes are inconsistent.
+    """
+    if not panels:
+        raise ValueError("plot_comparison needs at least one panel")
+    checked = [(label, _check(w, toks), list(toks)) for label, w, toks in panels]
+    spf = frame_shift_s * subsampling
+    t_max = max(w.shape[1] for _, w, _ in checked) * spf
+    vmax = max(max(float(w.max()) for _, w, _ in checked), 1e-6)
+    heights = [float(np.clip(1.0 + 0.14 * w.shape[0], 1.8, 8.0)) for _, w, _ in checked]
+    fig_h = sum(heights) + 0.6 + 0.2 * (suptitle.count("\n") + 1 if suptitle else 0)
+    fig = Figure(figsize=(10.0, fig_h), layout="constrained")
+    axes = fig.subplots(len(checked), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})
+    axes = axes[:, 0]
+    im = None
+    for ax, (label, w, toks) in zip(axes, checked):
+        im = _draw(ax, w, toks, spf, vmax=vmax)
+        ax.set_title(_wrap(label), fontsize=9, loc="left")
+    for ax in axes:
+        ax.set_xlim(0.0, t_max)
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(im, ax=list(axes), label="attention weight", pad=0.01)
+    if suptitle:
+        fig.suptitle(_wrap(suptitle), fontsize=9, x=0.01, horizontalalignment="left")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI)
+    return out_path

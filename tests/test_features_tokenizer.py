@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import torch
+
+from asr.features.audio import load_audio
+from asr.features.fbank import FbankOptions, GlobalCMVN, compute_cmvn_stats, compute_fbank
+from asr.text.tokenizer import Tokenizer
+
+from conftest import MINI_AN4
+
+
+def _wav():
+    return next(iter(sorted((MINI_AN4 / "wav/an4_clstk").rglob("*.wav"))))
+
+
+def test_fbank_shape_matches_kaldi_frame_count():
+    wav = load_audio(_wav())
+    x = compute_fbank(wav)
+    assert x.shape == (1 + (wav.numel() - 400) // 160, 80)
+    assert torch.isfinite(x).all()
+    # log-mel energies of speech at Kaldi's 16-bit scale are mostly positive and vary over time
+    assert x.mean() > 0 and x.std(0).min() > 0.1
+
+
+def test_fbank_rejects_short_and_2d_input():
+    import pytest
+
+    with pytest.raises(ValueError, match="shorter than one"):
+        compute_fbank(torch.zeros(100))
+    with pytest.raises(ValueError, match="1-D"):
+        compute_fbank(torch.zeros(2, 16000))
+
+
+def test_cmvn_normalises_training_features(real_feats):
+    stats = compute_cmvn_stats(real_feats)
+    cmvn = GlobalCMVN(stats["mean"], stats["std"])
+    allx = cmvn(torch.cat(list(real_feats.values())))
+    assert torch.allclose(allx.mean(0), torch.zeros(80), atol=1e-3)
+    assert torch.allclose(allx.std(0, unbiased=False), torch.ones(80), atol=1e-3)
+    assert int(stats["count"]) == sum(x.shape[0] for x in real_feats.values())
+
+
+def test_tokenizer_special_ids_and_round_trip(tmp_path):
+    texts = ["ENTER ONE FORTY TWO", "N E I L", "RUBOUT Y Y F X ZERO"]
+    for kind, size in [("char", 0), ("bpe", 32)]:
+        tok = Tokenizer.train(texts, tmp_path / kind, kind, size)
+        assert (tok.pad_id, tok.unk_id, tok.sos_id, tok.eos_id) == (0, 1, 2, 3)
+        for t in texts:
+            ids = tok.encode(t)
+            assert tok.sos_id not in ids and tok.eos_id not in ids
+            assert tok.decode(ids) == t
+        # a checkpoint carries the bytes: a rebuilt tokenizer is identical
+        again = Tokenizer(tok.proto)
+        assert again.encode(texts[0]) == tok.encode(texts[0])
+        # characters never seen map to <unk>
+        assert tok.unk_id in tok.encode("QZ")
+
+
+def test_tokenizer_file_missing_names_stage(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="stage 3"):
+        Tokenizer.from_file(tmp_path / "nope.model")
