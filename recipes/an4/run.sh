@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# AN4 recipe: pyramidal BLSTM + attention decoder (Listen, Attend and Spell) on CMU AN4.
+#
+#   ./run.sh --an4_root /path/to/an4                      # all stages, default experiment
+#   ./run.sh --an4_root /path/to/an4 --experiment an4/additive --stage 4
+#   ./run.sh --stage 4 --stop_stage 4 --train_args "trainer.max_epochs=1 ckpt_path=last"
+#
+# Stages (ESPnet style, --stage/--stop_stage):
+#   0 download the official corpus (skipped when --an4_root / $AN4_ROOT is given or already there)
+#   1 data preparation -> data/{train_nodev,train_dev,test} (Kaldi data dirs + bad_utts.tsv reports)
+#   2 fbank dumps + global CMVN statistics of train_nodev -> dump/
+#   3 sentencepiece tokenizer on train_nodev text -> data/token/
+#   4 training -> exp/<name>/checkpoints/{best,last}.ckpt
+#   5 decoding of train_dev and test with the best checkpoint -> exp/<name>/decode_{dev,test}_beam<K>/
+#   6 scoring (WER/CER) -> .../scoring/{wer.json,result.txt,per_utt.txt}
+#   7 alignment plots (worst and first utterances of test; a comparison of all trained scorers)
+set -euo pipefail
+
+stage=0
+stop_stage=7
+an4_root="${AN4_ROOT:-}"
+experiment=an4/location_aware
+beam_size=10
+train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
+decode_args=""         # extra Hydra overrides for asr-decode
+max_bad_fraction=0.05
+tokenizer_kind=bpe
+vocab_size=40
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --stage) stage="$2"; shift 2 ;;
+        --stop_stage) stop_stage="$2"; shift 2 ;;
+        --an4_root) an4_root="$2"; shift 2 ;;
+        --experiment) experiment="$2"; shift 2 ;;
+        --beam_size) beam_size="$2"; shift 2 ;;
+        --train_args) train_args="$2"; shift 2 ;;
+        --decode_args) decode_args="$2"; shift 2 ;;
+        --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")"
+# Make relative corpus paths given on the command line work after the cd.
+case "${an4_root}" in /*|"") ;; *) an4_root="${OLDPWD}/${an4_root}" ;; esac
+
+log() { echo "[$(date '+%F %T')] $*"; }
+
+name=$(echo "${experiment}" | tr '/' '_')
+name="${name/an4_/an4_pblstm_}"
+exp_dir="exp/${name}"
+token_model="data/token/${tokenizer_kind}${vocab_size}.model"
+common_train=(experiment="${experiment}" exp_dir="${exp_dir}" tokenizer.kind="${tokenizer_kind}" tokenizer.vocab_size="${vocab_size}")
+
+if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
+    if [ -z "${an4_root}" ]; then
+        log "stage 0: downloading AN4 to downloads/"
+        local/download_an4.sh downloads
+        an4_root="$(pwd)/downloads/an4"
+    else
+        log "stage 0: skipped, corpus at ${an4_root}"
+    fi
+fi
+[ -n "${an4_root}" ] || an4_root="$(pwd)/downloads/an4"
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+    log "stage 1: data preparation from ${an4_root}"
+    asr-prepare-an4 corpus_dir="${an4_root}" out_dir=data max_bad_fraction="${max_bad_fraction}" progress=false
+fi
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    log "stage 2: fbank features and global CMVN"
+    asr-dump-feats data_root=data dump=dump
+fi
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    log "stage 3: ${tokenizer_kind} tokenizer (${vocab_size})"
+    asr-tokenizer text=data/train_nodev/text kind="${tokenizer_kind}" vocab_size="${vocab_size}" model="${token_model}"
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    log "stage 4: training ${experiment} -> ${exp_dir}"
+    # shellcheck disable=SC2086
+    asr-train "${common_train[@]}" ${train_args}
+fi
+
+decode_dirs=()
+for split in dev test; do decode_dirs+=("${exp_dir}/decode_${split}_beam${beam_size}"); done
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    for split in dev test; do
+        data_split=${split}; [ "${split}" = dev ] && data_split=train_dev
+        log "stage 5: decoding ${data_split} (beam ${beam_size})"
+        # shellcheck disable=SC2086
+        asr-decode ckpt="${exp_dir}/checkpoints/best.ckpt" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
+            out_dir="${exp_dir}/decode_${split}_beam${beam_size}" beam_size="${beam_size}" ${decode_args}
+    done
+fi
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+    for d in "${decode_dirs[@]}"; do
+        log "stage 6: scoring ${d}"
+        asr-score decode_dir="${d}"
+    done
+fi
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+    test_dir="${exp_dir}/decode_test_beam${beam_size}"
+    log "stage 7: alignment plots -> ${test_dir}/plots"
+    asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3
+    # One figure comparing every scorer trained so far on the same test utterance.
+    mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_beam"${beam_size}" 2>/dev/null || true)
+    if [ "${#others[@]}" -ge 2 ]; then
+        list=$(IFS=,; echo "${others[*]}")
+        asr-plot "compare_dirs=[${list}]" out_dir=exp/plots
+    fi
+fi
+
+if [ "${stop_stage}" -ge 6 ] && [ -f "${exp_dir}/decode_test_beam${beam_size}/scoring/wer.json" ]; then
+    log "results (${experiment}, beam ${beam_size}):"
+    for d in "${decode_dirs[@]}"; do
+        [ -f "${d}/scoring/result.txt" ] && { echo "== ${d}"; cat "${d}/scoring/result.txt"; }
+    done
+fi

@@ -1,0 +1,160 @@
+"""Encoder, attention scorers and decoder on real AN4 fbank: shapes, masks, padding invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.models.asr_model import build_model
+from asr.models.attention import ATTENTION_TYPES, build_attention
+from asr.models.decoders.rnn import RNNAttentionDecoder
+from asr.models.encoders.pblstm import PyramidalBLSTMEncoder, make_pad_mask
+
+SCORERS = sorted(ATTENTION_TYPES)
+ATT_KW = {"dot": {"att_dim": 32}, "additive": {"att_dim": 32}, "location_aware": {"att_dim": 32, "kernel_size": 5}, "location": {"max_frames": 64}, "general": {}, "multihead": {"att_dim": 32, "num_heads": 4}}
+
+
+def _pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([x.shape[0] for x in feats])
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lens
+
+
+@pytest.fixture
+def batch(real_feats):
+    feats = [real_feats[k] for k in sorted(real_feats)][:3]
+    return _pad(feats)
+
+
+@pytest.mark.parametrize("subsample", [[2, 2, 2], [4, 2, 1], [2, 2]])
+def test_encoder_shapes_and_lengths(batch, subsample):
+    torch.manual_seed(0)
+    enc = PyramidalBLSTMEncoder(80, 16, len(subsample), subsample, dropout=0.0).eval()
+    xs, lens = batch
+    hs, hs_lens = enc(xs, lens)
+    factor = enc.subsampling_factor
+    assert factor == torch.tensor(subsample).prod().item()
+    assert hs.shape == (3, xs.shape[1] // factor, 32)
+    assert hs_lens.tolist() == [int(n) // factor for n in lens]  # floor at every layer = floor overall
+    # padded encoder frames are exactly zero (packed sequences)
+    assert (hs[make_pad_mask(hs_lens, hs.shape[1]).logical_not()] == 0).all()
+
+
+def test_encoder_padding_invariance(batch):
+    torch.manual_seed(0)
+    enc = PyramidalBLSTMEncoder(80, 16, 3, [2, 2, 2], dropout=0.0).eval()
+    xs, lens = batch
+    hs, hs_lens = enc(xs, lens)
+    i = int(lens.argmin())
+    alone, alone_len = enc(xs[i : i + 1, : lens[i]], lens[i : i + 1])
+    assert alone_len.item() == hs_lens[i].item()
+    torch.testing.assert_close(alone[0], hs[i, : hs_lens[i]], atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_rejects_too_short_utterance():
+    enc = PyramidalBLSTMEncoder(80, 8, 3, [2, 2, 2])
+    with pytest.raises(ValueError, match="fewer than the encoder's subsampling factor 8"):
+        enc(torch.zeros(2, 20, 80), torch.tensor([20, 7]))
+
+
+def _keys(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([7, 4, 5])
+    keys = torch.randn(3, 7, 24, generator=g)
+    query = torch.randn(3, 16, generator=g)
+    return query, keys, lens
+
+
+@pytest.mark.parametrize("kind", SCORERS)
+def test_scorer_weights_sum_to_one_and_zero_on_padding(kind):
+    torch.manual_seed(0)
+    att = build_attention(kind, 16, 24, **ATT_KW[kind])
+    query, keys, lens = _keys()
+    mask = make_pad_mask(lens, 7)
+    ctx, w, state = att(query, keys, att.precompute(keys), mask, att.init_state(mask))
+    assert ctx.shape == (3, 24) and w.shape == (3, 7) and state.shape == (3, 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    assert (w[~mask] == 0).all()
+    assert (w[mask] > 0).all()
+
+
+@pytest.mark.parametrize("kind", SCORERS)
+def test_scorer_padding_invariance(kind):
+    torch.manual_seed(0)
+    att = build_attention(kind, 16, 24, **ATT_KW[kind])
+    query, keys, lens = _keys()
+    mask = make_pad_mask(lens, 7)
+    # garbage in the padding must not leak into valid results
+    keys = keys.masked_fill(~mask[..., None], 123.0)
+    ctx, w, _ = att(query, keys, att.precompute(keys), mask, att.init_state(mask))
+    i = 1
+    k1 = keys[i : i + 1, : lens[i]]
+    m1 = torch.ones(1, int(lens[i]), dtype=torch.bool)
+    ctx1, w1, _ = att(query[i : i + 1], k1, att.precompute(k1), m1, att.init_state(m1))
+    torch.testing.assert_close(w1[0], w[i, : lens[i]], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ctx1[0], ctx[i], atol=1e-5, rtol=1e-5)
+
+
+def test_location_aware_depends_on_previous_weights():
+    torch.manual_seed(0)
+    att = build_attention("location_aware", 16, 24, att_dim=32, kernel_size=5)
+    query, keys, lens = _keys()
+    mask = make_pad_mask(lens, 7)
+    prev_a = att.init_state(mask)
+    prev_b = torch.zeros_like(prev_a)
+    prev_b[:, 0] = 1.0
+    _, wa, _ = att(query, keys, att.precompute(keys), mask, prev_a)
+    _, wb, _ = att(query, keys, att.precompute(keys), mask, prev_b)
+    assert (wa - wb).abs().max() > 1e-3
+    # and the scorers without location terms do not
+    gen = build_attention("additive", 16, 24, att_dim=32)
+    _, ga, _ = gen(query, keys, gen.precompute(keys), mask, prev_a)
+    _, gb, _ = gen(query, keys, gen.precompute(keys), mask, prev_b)
+    torch.testing.assert_close(ga, gb)
+
+
+def test_location_scorer_refuses_too_long_input():
+    att = build_attention("location", 16, 24, max_frames=4)
+    query, keys, lens = _keys()
+    mask = make_pad_mask(lens, 7)
+    with pytest.raises(ValueError, match="at most 4 encoder frames"):
+        att(query, keys, None, mask, att.init_state(mask))
+
+
+def test_unknown_scorer_lists_known():
+    with pytest.raises(ValueError, match="location_aware"):
+        build_attention("bogus", 4, 4)
+
+
+@pytest.mark.parametrize("kind", SCORERS)
+def test_decoder_teacher_forcing_equals_step_by_step(kind):
+    torch.manual_seed(0)
+    dec = RNNAttentionDecoder(12, 24, build_attention(kind, 20, 24, **ATT_KW[kind]), embed_dim=8, hidden_size=20, num_layers=2, dropout=0.0).eval()
+    _, keys, lens = _keys()
+    ys_in = torch.randint(0, 12, (3, 5))
+    logits, weights = dec(keys, lens, ys_in)
+    assert logits.shape == (3, 5, 12) and weights.shape == (3, 5, 7)
+    memory = dec.memory(keys, lens)
+    state = dec.init_state(memory)
+    ident = torch.arange(3)
+    for t in range(5):
+        lo, w, state = dec.step(ys_in[:, t], state, memory)
+        state = state.select(ident)  # a no-op reorder must not change anything
+        torch.testing.assert_close(lo, logits[:, t])
+        torch.testing.assert_close(w, weights[:, t])
+
+
+def test_model_loss_and_label_smoothing(batch):
+    torch.manual_seed(0)
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 16, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 16, "kernel_size": 5}, "decoder": {"type": "rnn", "embed_dim": 8, "hidden_size": 16}, "label_smoothing": 0.1}
+    model = build_model(cfg, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
+    xs, lens = batch
+    ys = torch.tensor([[4, 5, 6], [7, 8, 0], [9, 0, 0]])
+    ys_lens = torch.tensor([3, 2, 1])
+    ys_in, ys_out = model.add_sos_eos(ys, ys_lens)
+    assert ys_in.tolist() == [[2, 4, 5, 6], [2, 7, 8, 0], [2, 9, 0, 0]]
+    assert ys_out.tolist() == [[4, 5, 6, 3], [7, 8, 3, 0], [9, 3, 0, 0]]
+    out = model(xs, lens, ys, ys_lens)
+    assert int(out["n_tokens"]) == 3 + 1 + 2 + 1 + 1 + 1
+    assert out["loss"] > out["nll"] * 0.5 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,155 @@
+"""Configs, Lightning training, resume, DDP on CPU, decode → score → plot, and overfitting on real AN4 audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from asr.utils.paths import CONF_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment/an4").glob("*.yaml"))
+TINY = [
+    "model.encoder.hidden_size=32",
+    "model.encoder.num_layers=2",
+    "model.encoder.subsample=[4,2]",
+    "model.decoder.hidden_size=32",
+    "model.decoder.embed_dim=16",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def _cfg(root: Path, exp_dir: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"data.root={root / 'data'}",
+                f"data.dump={root / 'dump'}",
+                "tokenizer=char",
+                f"exp_dir={exp_dir}",
+                *overrides,
+            ],
+        )
+
+
+def test_experiment_configs_exist_for_every_scorer():
+    assert {"location", "location_aware", "additive", "dot", "general"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment, trainer):
+    from omegaconf import OmegaConf
+
+    from asr.models.asr_model import build_model
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment=an4/{experiment}", f"trainer={trainer}"])
+    assert cfg.name == f"an4_pblstm_{experiment}"
+    assert cfg.model.attention.type == experiment
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), 40, 2, 3, 0)
+    assert model.subsampling_factor == 8
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
+
+
+def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path):
+    from asr.cli.decode import decode
+    from asr.cli.plot import plot_decode_dir
+    from asr.cli.score import score_decode_dir
+    from asr.cli.train import train
+    from asr.lightning.module import load_checkpoint
+
+    exp = tmp_path / "exp"
+    summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
+    assert summary["epochs"] == 1
+    best = exp / "checkpoints/best.ckpt"
+    assert best.is_file() and (exp / "checkpoints/last.ckpt").is_file()
+    # checkpoints load with weights_only=True and rebuild the model, tokenizer and CMVN
+    model, tok, meta = load_checkpoint(str(best))
+    assert meta["model_cfg"]["attention"]["type"] == "location_aware"
+    assert not torch.allclose(model.cmvn.mean, torch.zeros(80))
+    metrics = (exp / "csv/metrics.csv").read_text()
+    assert "dev/wer" in metrics and "dev/loss" in metrics and "train/loss" in metrics
+    assert any((exp / "tb").glob("events.out.tfevents.*"))
+
+    out = tmp_path / "decode"
+    info = decode({"ckpt": str(best), "data_dir": str(mini_an4 / "data/test"), "dump_dir": None, "audio": [], "out_dir": str(out), "beam_size": 3, "max_len_ratio": 1.5, "min_len": 5, "length_penalty": 1.0, "batch_size": 2})
+    assert info["n_utts"] == 2 and info["subsampling"] == 8 and info["rtf"] > 0
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["ref"] for r in rows] == ["J P E G FOUR", "ONE FIVE TWO ONE THREE"]
+    res = score_decode_dir(out)
+    assert 0 <= res.cer and res.words.n_ref == 10
+    pngs = plot_decode_dir(out, worst_n=2)
+    assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_decode_user_audio_reports_bad_file_and_decodes_the_rest(mini_an4, tmp_path):
+    from asr.cli.decode import decode
+    from asr.cli.train import train
+
+    exp = tmp_path / "exp"
+    train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=6"]))
+    wavs = sorted(str(p) for p in (Path(__file__).parent / "data/an4/wav/an4test_clstk").rglob("*.wav"))
+    bad = tmp_path / "not_audio.wav"
+    bad.write_text("hello")
+    out = tmp_path / "dec"
+    info = decode({"ckpt": str(exp / "checkpoints/last.ckpt"), "audio": [*wavs, str(bad)], "out_dir": str(out), "beam_size": 2, "max_len_ratio": 1.0, "min_len": 1, "length_penalty": 1.0, "batch_size": 4})
+    assert info["n_utts"] == 2 and info["n_errors"] == 1
+    assert "not_audio.wav" in (out / "errors.tsv").read_text()
+
+
+def test_resume_from_last_checkpoint(mini_an4, tmp_path):
+    from asr.cli.train import train
+
+    exp = tmp_path / "exp"
+    train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
+    first = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
+    assert first["epoch"] == 0 and first["global_step"] == 2
+    summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=2", "data.batch_size=3", "ckpt_path=last"]))
+    second = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
+    assert summary["epochs"] == 2 and second["global_step"] == 4  # continued, not restarted
+
+
+def test_ddp_two_cpu_processes(mini_an4, tmp_path):
+    """trainer=ddp with 2 CPU processes (gloo): each rank gets its own share of the batches."""
+    exp = tmp_path / "exp"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "asr.cli.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "data.batch_size=1", "threads=1",
+           f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}", "tokenizer=char", f"exp_dir={exp}", *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    ckpt = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
+    # 6 training utterances, batch 1 per rank, 2 ranks -> 3 optimiser steps in the epoch
+    assert ckpt["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_overfit_real_utterances_reaches_wer_zero(mini_an4, tmp_path):
+    """6 real AN4 utterances, trained on and decoded: the model must learn them exactly."""
+    from asr.cli.decode import decode
+    from asr.cli.score import score_decode_dir
+    from asr.cli.train import train
+
+    exp = tmp_path / "exp"
+    overrides = [
+        "model.encoder.hidden_size=64", "model.encoder.num_layers=2", "model.encoder.subsample=[4,2]", "model.encoder.dropout=0.0",
+        "model.decoder.hidden_size=64", "model.decoder.embed_dim=32", "model.decoder.dropout=0.0", "model.label_smoothing=0.0",
+        "data.dev=train_nodev", "data.batch_size=6", "trainer.max_epochs=150", "trainer.check_val_every_n_epoch=25",
+        "optim.lr=3e-3", "optim.warmup_steps=10", "trainer.enable_progress_bar=false",
+    ]
+    summary = train(_cfg(mini_an4, exp, overrides))
+    assert summary["best_dev_wer"] == 0.0
+    out = tmp_path / "decode"
+    decode({"ckpt": summary["best_checkpoint"], "data_dir": str(mini_an4 / "data/train_nodev"), "out_dir": str(out), "beam_size": 4, "max_len_ratio": 1.5, "min_len": 5, "length_penalty": 1.0, "batch_size": 6})
+    res = score_decode_dir(out)
+    assert res.wer == 0.0 and res.cer == 0.0
