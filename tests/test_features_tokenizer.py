@@ -61,3 +61,18 @@ def test_tokenizer_file_missing_names_stage(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="stage 3"):
         Tokenizer.from_file(tmp_path / "nope.model")
+
+
+def test_specaug_masks_in_training_only(real_feats):
+    from asr.features.specaug import SpecAugment
+
+    torch.manual_seed(0)
+    x = torch.stack([v[:140] for v in list(real_feats.values())[:3]])  # (3, 140, 80)
+    aug = SpecAugment(num_freq_masks=2, freq_mask_width=20, num_time_masks=2, time_mask_width=30, max_time_ratio=0.3)
+    y = aug.train()(x)
+    assert y.shape == x.shape
+    masked = y == 0
+    assert masked.any(dim=(1, 2)).all()  # every utterance got masks of its own ...
+    assert not torch.equal(masked[0], masked[1])  # ... independently drawn
+    assert torch.equal(y[~masked], x[~masked])  # nothing else changes
+    assert torch.equal(aug.eval()(x), x)

@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, d.max_frames, d.num_workers, cfg.seed)
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    module = ASRLightningModule(model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s)
+    augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
+    module = ASRLightningModule(model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)
 

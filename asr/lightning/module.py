@@ -34,10 +34,16 @@ class ASRLightningModule(L.LightningModule):
     feat_dim : int
     frame_shift_s : float
         For alignment plots.
+    augment_cfg : dict, optional
+        SpecAugment arguments (``conf/augment``); None or empty = no augmentation.
     """
 
-    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01) -> None:
+    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01, augment_cfg: dict | None = None) -> None:
         super().__init__()
+        from asr.features.specaug import SpecAugment
+
+        # Applied after CMVN, in training_step only; not part of the model (decoding never needs it).
+        self.specaug = SpecAugment(**augment_cfg) if augment_cfg else None
         self.model_cfg, self.optim_cfg = dict(model_cfg), dict(optim_cfg)
         self.tokenizer = tokenizer
         self.feat_dim, self.frame_shift_s = feat_dim, frame_shift_s
@@ -60,7 +66,12 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- steps --------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        out = self.model(batch.feats, batch.feat_lens, batch.tokens, batch.token_lens)
+        feats = batch.feats
+        if self.specaug is not None:
+            # mask normalised features so a masked value is the global mean; the model's CMVN is then undone
+            cmvn = self.model.cmvn
+            feats = self.specaug(cmvn(feats)) / cmvn.istd + cmvn.mean
+        out = self.model(feats, batch.feat_lens, batch.tokens, batch.token_lens)
         bs = len(batch.ids)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/acc", out["acc"], batch_size=bs)

@@ -23,6 +23,7 @@ experiment=an4/location_aware
 beam_size=10
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
+tag=""                 # suffix of the experiment folder (exp/<name><tag>), e.g. _smoke
 max_bad_fraction=0.05
 tokenizer_kind=bpe
 vocab_size=40
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
         --beam_size) beam_size="$2"; shift 2 ;;
         --train_args) train_args="$2"; shift 2 ;;
         --decode_args) decode_args="$2"; shift 2 ;;
+        --tag) tag="$2"; shift 2 ;;
         --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -50,7 +52,7 @@ log() { echo "[$(date '+%F %T')] $*"; }
 
 name=$(echo "${experiment}" | tr '/' '_')
 name="${name/an4_/an4_pblstm_}"
-exp_dir="exp/${name}"
+exp_dir="exp/${name}${tag}"
 token_model="data/token/${tokenizer_kind}${vocab_size}.model"
 common_train=(experiment="${experiment}" exp_dir="${exp_dir}" tokenizer.kind="${tokenizer_kind}" tokenizer.vocab_size="${vocab_size}")
 
@@ -111,8 +113,8 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     log "stage 7: alignment plots -> ${test_dir}/plots"
     asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3
     # One figure comparing every scorer trained so far on the same test utterance.
-    mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_beam"${beam_size}" 2>/dev/null || true)
-    if [ "${#others[@]}" -ge 2 ]; then
+    mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_beam"${beam_size}" 2>/dev/null | grep -v _smoke || true)
+    if [ -z "${tag}" ] && [ "${#others[@]}" -ge 2 ]; then
         list=$(IFS=,; echo "${others[*]}")
         asr-plot "compare_dirs=[${list}]" out_dir=exp/plots
     fi
