@@ -76,3 +76,22 @@ def test_specaug_masks_in_training_only(real_feats):
     assert not torch.equal(masked[0], masked[1])  # ... independently drawn
     assert torch.equal(y[~masked], x[~masked])  # nothing else changes
     assert torch.equal(aug.eval()(x), x)
+
+
+def test_atomic_save_leaves_previous_file_on_crash(tmp_path):
+    """A save interrupted half-way (simulated by an exception inside torch.save) keeps the old checkpoint."""
+    from asr.utils.io import atomic_torch_save
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"w": torch.ones(3)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise KeyboardInterrupt("killed while saving")
+
+    import pytest
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"w": torch.zeros(3), "x": Boom()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind

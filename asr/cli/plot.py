@@ -3,9 +3,9 @@
 Usage::
 
     asr-plot decode_dir=exp/an4/decode_test                       # worst 5 -> <decode_dir>/plots/<utt>.png
-    asr-plot decode_dir=exp/an4/decode_test worst_n=0 'utt_ids=[an251-fash-b]' first_n=3
+    asr-plot decode_dir=exp/an4/decode_test worst_n=0 'utt_ids=[fcaw-an406-b]' first_n=3
     asr-plot 'compare_dirs=[exp/dot/decode_test,exp/loc/decode_test]' \\
-             'compare_labels=[dot,location]' compare_utt=an251-fash-b   # -> <out_dir>/compare_<utt>.png
+             'compare_labels=[dot,location]' compare_utt=fcaw-an406-b   # -> <out_dir>/compare_<utt>.png
 
 A decode directory (written by ``asr-decode``) holds ``results.jsonl`` (``utt_id``, ``ref``,
 ``hyp``, ``tokens``, ...), ``attention.npz`` (utt id -> float32 ``(len(tokens) + 1, enc_frames)``,
