@@ -95,3 +95,24 @@ def test_atomic_save_leaves_previous_file_on_crash(tmp_path):
         atomic_torch_save({"w": torch.zeros(3), "x": Boom()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_speed_perturb_changes_length_and_dataset_mixes_speeds(mini_an4):
+    import random
+
+    from asr.data.dataset import load_split
+    from asr.features.fbank import speed_perturb
+
+    wav = load_audio(_wav())
+    for factor in (0.9, 1.1):
+        out = speed_perturb(wav, factor)
+        assert abs(out.numel() - wav.numel() / factor) <= 2
+    assert speed_perturb(wav, 1.0) is wav
+
+    tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
+    ds = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok, speeds=[0.9, 1.0, 1.1])
+    random.seed(0)
+    frames = {ds[0][1].shape[0] for _ in range(30)}
+    assert len(frames) == 3  # three speeds, three lengths
+    plain = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok)
+    assert len({plain[0][1].shape[0] for _ in range(5)}) == 1

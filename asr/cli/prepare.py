@@ -2,7 +2,7 @@
 
 Both take Hydra-style ``key=value`` arguments:
 
-    asr-dump-feats data_root=data dump=dump splits=[train_nodev,train_dev,test] cmvn_split=train_nodev
+    asr-dump-feats data_root=data dump=dump splits=[train_nodev,train_dev,test] cmvn_split=train_nodev speeds=[0.9,1.1]
     asr-tokenizer text=data/train_nodev/text kind=bpe vocab_size=40 model=data/token/bpe40.model
 """
 
@@ -26,7 +26,8 @@ def _args(argv: list[str] | None, defaults: dict) -> dict:
 
 
 def dump_feats_main(argv: list[str] | None = None) -> int:
-    """Compute fbank for each split into ``<dump>/<split>/feats.pt`` and CMVN stats of ``cmvn_split``."""
+    """Compute fbank for each split into ``<dump>/<split>/feats.pt``, CMVN stats of ``cmvn_split`` and its
+    speed-perturbed dumps ``feats_sp<factor>.pt`` (``speeds=[]`` for none)."""
     import torch
 
     from asr.data.datadir import read_data_dir
@@ -34,7 +35,7 @@ def dump_feats_main(argv: list[str] | None = None) -> int:
     from asr.features.fbank import FbankOptions, compute_cmvn_stats, save_cmvn_stats
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    a = _args(argv, {"data_root": "data", "dump": "dump", "splits": ["train_nodev", "train_dev", "test"], "cmvn_split": "train_nodev", "num_mel_bins": 80, "threads": 0})
+    a = _args(argv, {"data_root": "data", "dump": "dump", "splits": ["train_nodev", "train_dev", "test"], "cmvn_split": "train_nodev", "num_mel_bins": 80, "threads": 0, "speeds": [0.9, 1.1]})
     if a["threads"]:
         torch.set_num_threads(a["threads"])
     opts = FbankOptions(num_mel_bins=a["num_mel_bins"])
@@ -45,6 +46,11 @@ def dump_feats_main(argv: list[str] | None = None) -> int:
             stats = compute_cmvn_stats(feats)
             save_cmvn_stats(stats, Path(a["dump"]) / split / "cmvn.pt")
             log.info("CMVN statistics from %s: %d frames", split, int(stats["count"]))
+            # speed-perturbed copies of the training split only (CMVN stays from the original audio)
+            utts = read_data_dir(Path(a["data_root"]) / split)
+            for sp in a["speeds"]:
+                if float(sp) != 1.0:
+                    dump_features(utts, Path(a["dump"]) / split / f"feats_sp{float(sp)}.pt", opts, float(sp))
     return 0
 
 

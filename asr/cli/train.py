@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cmvn = GlobalCMVN.from_file(cfg.features.cmvn)
     fb = fbank_options(cfg)
     d = cfg.data
-    train_set = load_split(Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train)
+    train_set = load_split(Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train, list(d.get("speed_perturb") or []))
     dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev)
     log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
     dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, d.max_frames, d.num_workers, cfg.seed)

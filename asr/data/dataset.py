@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asr.data.datadir import Utterance, read_data_dir
 from asr.features.audio import load_audio
-from asr.features.fbank import FbankOptions, compute_fbank
+from asr.features.fbank import FbankOptions, compute_fbank, speed_perturb
 from asr.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ class Batch:
         return Batch(self.feats.to(device), self.feat_lens.to(device), self.tokens.to(device), self.token_lens.to(device), self.ids, self.texts)
 
 
-def dump_features(utts: Sequence[Utterance], out_path: str | Path, opts: FbankOptions = FbankOptions()) -> dict[str, Tensor]:
+def dump_features(utts: Sequence[Utterance], out_path: str | Path, opts: FbankOptions = FbankOptions(), speed: float = 1.0) -> dict[str, Tensor]:
     """Compute fbank for every utterance and save ``{utt_id: (T, F) float32}`` atomically to ``out_path``.
+
+    ``speed`` != 1 applies :func:`asr.features.fbank.speed_perturb` to the audio first.
 
     Raises ``asr.features.audio.AudioError`` naming the file if an audio file cannot be read (data
     preparation has already reported and removed unusable files).
@@ -62,8 +64,10 @@ def dump_features(utts: Sequence[Utterance], out_path: str | Path, opts: FbankOp
     from asr.utils.io import atomic_torch_save
 
     feats = {}
-    for u in tqdm(utts, desc=f"fbank {Path(out_path).parent.name}", unit="utt"):
-        feats[u.utt_id] = compute_fbank(load_audio(u.wav, opts.sample_rate), opts)
+    desc = f"fbank {Path(out_path).parent.name}" + (f" speed {speed}" if speed != 1.0 else "")
+    for u in tqdm(utts, desc=desc, unit="utt"):
+        wav = speed_perturb(load_audio(u.wav, opts.sample_rate), speed, opts.sample_rate)
+        feats[u.utt_id] = compute_fbank(wav, opts)
     atomic_torch_save(feats, out_path)
     return feats
 
@@ -78,12 +82,16 @@ class ASRDataset(Dataset):
     feats : dict, optional
         ``{utt_id: (T, F)}`` precomputed fbank (``dump_features``); missing ids are computed from audio.
     fbank : FbankOptions
+    perturbed : list of dict, optional
+        Speed-perturbed versions of ``feats`` (same keys). Each access then picks uniformly among
+        ``feats`` and these (on-the-fly speed perturbation from precomputed features; training only).
     """
 
-    def __init__(self, utts: Sequence[Utterance], tokenizer: Tokenizer, feats: dict[str, Tensor] | None = None, fbank: FbankOptions = FbankOptions()) -> None:
+    def __init__(self, utts: Sequence[Utterance], tokenizer: Tokenizer, feats: dict[str, Tensor] | None = None, fbank: FbankOptions = FbankOptions(), perturbed: Sequence[dict[str, Tensor]] = ()) -> None:
         self.utts = list(utts)
         self.tokenizer = tokenizer
         self.feats = feats or {}
+        self.variants = [self.feats, *perturbed] if perturbed else []
         self.fbank = fbank
         self.tokens = [tokenizer.encode(u.text) for u in self.utts]
         n_unk = sum(t.count(tokenizer.unk_id) for t in self.tokens)
@@ -102,7 +110,7 @@ class ASRDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, Tensor, list[int], str]:
         u = self.utts[i]
-        x = self.feats.get(u.utt_id)
+        x = random.choice(self.variants).get(u.utt_id) if self.variants else self.feats.get(u.utt_id)
         if x is None:
             x = compute_fbank(load_audio(u.wav, self.fbank.sample_rate), self.fbank)
         return u.utt_id, x, self.tokens[i], u.text
@@ -179,10 +187,17 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return math.ceil(len(self.batches) / self.num_replicas)
 
 
-def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tokenizer, fbank: FbankOptions = FbankOptions(), limit: int = 0) -> ASRDataset:
+def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tokenizer, fbank: FbankOptions = FbankOptions(), limit: int = 0, speeds: Sequence[float] = ()) -> ASRDataset:
     """Dataset of a data dir, with features from ``<dump_dir>/feats.pt`` when it exists.
 
-    ``limit`` > 0 keeps only the first ``limit`` utterances (debugging and smoke runs).
+    ``limit`` > 0 keeps only the first ``limit`` utterances (debugging and smoke runs). ``speeds``: speed
+    perturbation factors whose dumps (``feats_sp<factor>.pt``, written by ``asr-dump-feats speeds=...``) are
+    mixed in (1.0 is the plain dump).
+
+    Raises
+    ------
+    FileNotFoundError
+        A requested speed-perturbed dump is missing.
     """
     utts = read_data_dir(data_dir)
     if limit:
@@ -190,7 +205,15 @@ def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tok
     feats = None
     if dump_dir is not None and (Path(dump_dir) / "feats.pt").is_file():
         feats = torch.load(Path(dump_dir) / "feats.pt", weights_only=True)
-    return ASRDataset(utts, tokenizer, feats, fbank)
+    perturbed = []
+    for sp in speeds:
+        if float(sp) == 1.0:
+            continue
+        f = Path(dump_dir or ".") / f"feats_sp{float(sp)}.pt"
+        if not f.is_file():
+            raise FileNotFoundError(f"speed-perturbed features missing: {f} (run asr-dump-feats with speeds=[{sp}])")
+        perturbed.append(torch.load(f, weights_only=True))
+    return ASRDataset(utts, tokenizer, feats, fbank, perturbed)
 
 
 class ASRDataModule(L.LightningDataModule):

@@ -83,6 +83,32 @@ def compute_fbank(wav: Tensor, opts: FbankOptions = FbankOptions()) -> Tensor:
     )
 
 
+def speed_perturb(wav: Tensor, factor: float, sample_rate: int = 16000) -> Tensor:
+    """Speed perturbation (Ko et al. 2015, "Audio augmentation for speech recognition"; Kaldi/ESPnet's
+    ``sox speed``): play ``wav`` ``factor`` times faster, changing duration and pitch together.
+
+    Implemented as resampling from ``sample_rate * factor`` to ``sample_rate`` with
+    ``torchaudio.functional.resample``.
+
+    Parameters
+    ----------
+    wav : Tensor
+        ``(num_samples,)`` waveform.
+    factor : float
+        > 1 speeds up (fewer samples), < 1 slows down; 1.0 returns ``wav`` unchanged.
+
+    Returns
+    -------
+    Tensor
+        ``(round(num_samples / factor),)`` (± 1 sample) waveform.
+    """
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    if factor == 1.0:
+        return wav
+    return torchaudio.functional.resample(wav, orig_freq=int(round(sample_rate * factor)), new_freq=sample_rate)
+
+
 class GlobalCMVN(nn.Module):
     """Global cepstral mean and variance normalisation, ``(x - mean) / std`` per feature dimension.
 
