@@ -75,6 +75,9 @@ class ASRLightningModule(L.LightningModule):
         bs = len(batch.ids)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/acc", out["acc"], batch_size=bs)
+        self.log("train/att_loss", out["att_loss"], batch_size=bs)
+        if self.model.ctc is not None:
+            self.log("train/ctc_loss", out["ctc_loss"], batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return out["loss"]
 
@@ -83,6 +86,7 @@ class ASRLightningModule(L.LightningModule):
         bs = len(batch.ids)
         self.log("dev/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("dev/acc", out["acc"], batch_size=bs, sync_dist=True)
+        self.log("dev/att_loss", out["att_loss"], batch_size=bs, sync_dist=True)
         hyps = greedy_search(self.model, batch.feats, batch.feat_lens, DecodingOptions())
         self._dev_refs += batch.texts
         self._dev_hyps += [self.tokenizer.decode(h.tokens) for h in hyps]

@@ -32,6 +32,11 @@ class AttentionASRModel(nn.Module):
         Special ids from the tokenizer.
     label_smoothing : float
         Probability mass spread uniformly over the vocabulary (Szegedy et al. 2016).
+    ctc_weight : float
+        λ of the multi-task loss ``L = λ·CTC + (1 − λ)·attention`` (Kim, Hori & Watanabe 2017,
+        arXiv 1609.06773); 0 = pure attention (no CTC layer is built). The CTC branch is a linear layer on
+        the encoder output; its blank is the tokenizer's ``pad_id`` (padding is never a target, so the id
+        is free). It shapes the encoder towards monotonic alignments; decoding uses the attention decoder.
     """
 
     def __init__(
@@ -43,11 +48,16 @@ class AttentionASRModel(nn.Module):
         eos_id: int,
         pad_id: int,
         label_smoothing: float = 0.1,
+        ctc_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1), got {ctc_weight}")
         self.cmvn, self.encoder, self.decoder = cmvn, encoder, decoder
         self.sos_id, self.eos_id, self.pad_id = sos_id, eos_id, pad_id
         self.label_smoothing = label_smoothing
+        self.ctc_weight = ctc_weight
+        self.ctc = nn.Linear(encoder.output_dim, decoder.vocab_size) if ctc_weight > 0 else None
 
     @property
     def subsampling_factor(self) -> int:
@@ -78,19 +88,25 @@ class AttentionASRModel(nn.Module):
         Returns
         -------
         dict
-            ``loss`` (label-smoothed CE averaged over target tokens incl. eos), ``nll`` (no smoothing),
-            ``acc`` (token accuracy), ``n_tokens``, ``weights`` ``(B, U+1, S)``.
+            ``loss`` (the training objective), ``att_loss`` (label-smoothed CE averaged over target tokens
+            incl. eos), ``ctc_loss`` (CTC summed over the batch / number of target tokens; 0 without CTC),
+            ``nll`` (CE without smoothing), ``acc`` (token accuracy), ``n_tokens``, ``weights`` ``(B, U+1, S)``.
         """
         hs, hs_lens = self.encode(xs_pad, xs_lens)
         ys_in, ys_out = self.add_sos_eos(ys_pad, ys_lens)
         logits, weights = self.decoder(hs, hs_lens, ys_in)
         valid = ys_out != self.pad_id
         flat_logits, flat_target = logits[valid], ys_out[valid]
-        loss = F.cross_entropy(flat_logits, flat_target, label_smoothing=self.label_smoothing)
+        att_loss = F.cross_entropy(flat_logits, flat_target, label_smoothing=self.label_smoothing)
+        loss, ctc_loss = att_loss, att_loss.new_zeros(())
+        if self.ctc is not None:
+            log_probs = torch.log_softmax(self.ctc(hs).float(), -1).transpose(0, 1)  # (S, B, V)
+            ctc_loss = F.ctc_loss(log_probs, ys_pad, hs_lens, ys_lens, blank=self.pad_id, reduction="sum", zero_infinity=True) / ys_lens.sum().clamp_min(1)
+            loss = self.ctc_weight * ctc_loss + (1 - self.ctc_weight) * att_loss
         with torch.no_grad():
             nll = F.cross_entropy(flat_logits, flat_target)
             acc = (flat_logits.argmax(-1) == flat_target).float().mean()
-        return {"loss": loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
+        return {"loss": loss, "att_loss": att_loss, "ctc_loss": ctc_loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
 
 
 def build_model(
@@ -105,7 +121,7 @@ def build_model(
     """Build a model from a plain config mapping (the ``model`` group of the Hydra config).
 
     ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments),
-    ``decoder`` (``type`` + arguments) and ``label_smoothing``.
+    ``decoder`` (``type`` + arguments), ``label_smoothing`` and ``ctc_weight``.
 
     Raises
     ------
@@ -134,4 +150,5 @@ def build_model(
         eos_id=eos_id,
         pad_id=pad_id,
         label_smoothing=float(cfg.get("label_smoothing", 0.1)),
+        ctc_weight=float(cfg.get("ctc_weight", 0.0)),
     )
