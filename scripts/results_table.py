@@ -31,10 +31,15 @@ def rows(exp_root: Path, beam: int) -> list[str]:
             continue
         meta = json.loads((exp / f"decode_test_beam{beam}" / "meta.json").read_text())
         scorer = meta["attention"]
+        experiment = exp.name.removeprefix("an4_pblstm_")
         f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
-        cmd = f"`recipes/an4/run.sh --an4_root $AN4_ROOT --experiment an4/{scorer} --beam_size {beam}`"
+        if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
+            cmd = (f"`OMP_NUM_THREADS=1 recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment an4/{experiment} "
+                   f"--beam_size {beam} --train_args \"threads=1 trainer.enable_progress_bar=false\" --decode_args threads=1`")
+        else:
+            cmd = f"`recipes/an4/run.sh --an4_root $AN4_ROOT --experiment an4/{experiment} --beam_size {beam}`"
         out.append(
-            f"| {scorer} | {f(dev, 'wer')} | {f(dev, 'cer')} | {f(test, 'wer')} | {f(test, 'cer')} | "
+            f"| {scorer} | {experiment} | {f(dev, 'wer')} | {f(dev, 'cer')} | {f(test, 'wer')} | {f(test, 'cer')} | "
             f"{s['n_params'] / 1e6:.2f} M | {s['epochs']} | {s['train_wall_s'] / 60:.1f} min | {s['machine']} | "
             f"{beam} | {meta['rtf']:.3f} | {cmd} |"
         )
@@ -46,8 +51,8 @@ def main() -> None:
     ap.add_argument("exp_root", type=Path)
     ap.add_argument("--beam", type=int, default=10)
     a = ap.parse_args()
-    print("| scorer | dev WER % | dev CER % | test WER % | test CER % | params | epochs | train wall time | machine | beam | test decode RTF | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| scorer | experiment | dev WER % | dev CER % | test WER % | test CER % | params | epochs | train wall time | machine | beam | test decode RTF | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows(a.exp_root, a.beam):
         print(r)
 

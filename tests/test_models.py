@@ -158,3 +158,23 @@ def test_model_loss_and_label_smoothing(batch):
     assert out["loss"] > out["nll"] * 0.5 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_ctc_branch_mixes_losses(batch):
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 16, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "dot", "att_dim": 16}, "decoder": {"type": "rnn", "embed_dim": 8, "hidden_size": 16}, "label_smoothing": 0.0}
+    xs, lens = batch
+    ys, ys_lens = torch.tensor([[4, 5, 6], [7, 8, 0], [9, 0, 0]]), torch.tensor([3, 2, 1])
+    torch.manual_seed(0)
+    plain = build_model(cfg, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
+    assert plain.ctc is None and float(plain(xs, lens, ys, ys_lens)["ctc_loss"]) == 0.0
+    torch.manual_seed(0)
+    joint = build_model({**cfg, "ctc_weight": 0.3}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
+    out = joint(xs, lens, ys, ys_lens)
+    assert out["ctc_loss"] > 0
+    torch.testing.assert_close(out["loss"], 0.3 * out["ctc_loss"] + 0.7 * out["att_loss"])
+    # the CTC term is the torch CTC loss with the pad id as blank, per target token
+    hs, hs_lens = joint.encode(xs, lens)
+    ref = torch.nn.functional.ctc_loss(joint.ctc(hs).log_softmax(-1).transpose(0, 1), ys, hs_lens, ys_lens, blank=0, reduction="sum") / 6
+    torch.testing.assert_close(out["ctc_loss"], ref)
+    with pytest.raises(ValueError, match="ctc_weight"):
+        build_model({**cfg, "ctc_weight": 1.0}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
