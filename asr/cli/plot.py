@@ -166,9 +166,9 @@ def plot_decode_dir(
 
 
 def choose_compare_utt(decode_dirs: Sequence[str | Path]) -> str:
-    """Utterance for a comparison: the first of ``decode_dirs[0]`` (results order) that every
-    directory decoded correctly (hyp == ref up to whitespace) and has attention for; otherwise the
-    first utterance common to all.
+    """Utterance for a comparison: the one with the longest reference that every directory decoded
+    correctly (hyp == ref up to whitespace) and has attention for (a long utterance shows the alignment
+    band best; ties: results order of ``decode_dirs[0]``); otherwise the first utterance common to all.
 
     Raises
     ------
@@ -183,9 +183,9 @@ def choose_compare_utt(decode_dirs: Sequence[str | Path]) -> str:
     common = [u for u in results[0] if all(u in res and u in a for res, a in zip(results, attn_ids))]
     if not common:
         raise ValueError(f"no utterance with attention common to all of {list(map(str, decode_dirs))}")
-    for u in common:
-        if all(normalize_whitespace(res[u]["ref"]) == normalize_whitespace(res[u]["hyp"]) for res in results):
-            return u
+    correct = [u for u in common if all(normalize_whitespace(res[u]["ref"]) == normalize_whitespace(res[u]["hyp"]) for res in results)]
+    if correct:
+        return max(correct, key=lambda u: len(normalize_whitespace(results[0][u]["ref"])))
     return common[0]
 
 
