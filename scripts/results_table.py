@@ -20,6 +20,16 @@ def _wer(d: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def _train_args(exp: Path) -> str:
+    """The ``--train_args`` the recipe was given: the last Hydra overrides minus those run.sh adds itself."""
+    runs = sorted((exp / "hydra").glob("*/.hydra/overrides.yaml"))
+    if not runs:
+        return ""
+    own = ("experiment=", "exp_dir=", "tokenizer.kind=", "tokenizer.vocab_size=")
+    lines = [ln[2:].strip() for ln in runs[-1].read_text().splitlines() if ln.startswith("- ")]
+    return " ".join(x for x in lines if not x.startswith(own))
+
+
 def rows(exp_root: Path, beam: int) -> list[str]:
     out = []
     for exp in sorted(p for p in exp_root.iterdir() if (p / "train_summary.json").is_file()):
@@ -33,11 +43,13 @@ def rows(exp_root: Path, beam: int) -> list[str]:
         scorer = meta["attention"]
         experiment = exp.name.removeprefix("an4_pblstm_")
         f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
+        targs = _train_args(exp)
+        cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment an4/{experiment} --beam_size {beam}"
+        if targs:
+            cmd += f' --train_args "{targs}"'
         if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
-            cmd = (f"`OMP_NUM_THREADS=1 recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment an4/{experiment} "
-                   f"--beam_size {beam} --train_args \"threads=1 trainer.enable_progress_bar=false\" --decode_args threads=1`")
-        else:
-            cmd = f"`recipes/an4/run.sh --an4_root $AN4_ROOT --experiment an4/{experiment} --beam_size {beam}`"
+            cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
+        cmd = f"`{cmd}`"
         out.append(
             f"| {scorer} | {experiment} | {f(dev, 'wer')} | {f(dev, 'cer')} | {f(test, 'wer')} | {f(test, 'cer')} | "
             f"{s['n_params'] / 1e6:.2f} M | {s['epochs']} | {s['train_wall_s'] / 60:.1f} min | {s['machine']} | "
