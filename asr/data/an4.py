@@ -171,56 +171,55 @@ class _Entry:
     where: str  # "<fileids>:<line>"
 
 
-def _read_fileids(path: Path, bad: list[BadUtterance]) -> dict[str, _Entry]:
-    entries: dict[str, _Entry] = {}
+def _numbered_lines(path: Path):
+    """Yield ``("<file>:<line>", stripped line)`` for every non-empty line of a UTF-8 text file."""
     with open(path, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            parts = [p for p in line.split("/") if p]
-            if len(parts) < 2 or any(c.isspace() for c in line):
-                bad.append(BadUtterance(line, where, MALFORMED_FILEID, f"expected '<dir>/<spk>/<name>', got {line!r}"))
-                continue
-            name, speaker = parts[-1], parts[-2]
-            for ext in AUDIO_EXTENSIONS:  # tolerate fileids that carry an extension
-                if name.endswith(ext):
-                    name = name[: -len(ext)]
-            rel = "/".join([*parts[:-1], name])
-            if name in entries:
-                bad.append(
-                    BadUtterance(
-                        make_utt_id(name, speaker), where, DUPLICATE_ID, f"{name!r} already listed at {entries[name].where}"
-                    )
+            if line:
+                yield f"{path}:{lineno}", line
+
+
+def _read_fileids(path: Path, bad: list[BadUtterance]) -> dict[str, _Entry]:
+    entries: dict[str, _Entry] = {}
+    for where, line in _numbered_lines(path):
+        parts = [p for p in line.split("/") if p]
+        if len(parts) < 2 or any(c.isspace() for c in line):
+            bad.append(BadUtterance(line, where, MALFORMED_FILEID, f"expected '<dir>/<spk>/<name>', got {line!r}"))
+            continue
+        name, speaker = parts[-1], parts[-2]
+        for ext in AUDIO_EXTENSIONS:  # tolerate fileids that carry an extension
+            if name.endswith(ext):
+                name = name[: -len(ext)]
+        rel = "/".join([*parts[:-1], name])
+        if name in entries:
+            bad.append(
+                BadUtterance(
+                    make_utt_id(name, speaker), where, DUPLICATE_ID, f"{name!r} already listed at {entries[name].where}"
                 )
-                continue
-            entries[name] = _Entry(name, speaker, rel, where)
+            )
+            continue
+        entries[name] = _Entry(name, speaker, rel, where)
     return entries
 
 
 def _read_transcription(path: Path, bad: list[BadUtterance]) -> dict[str, tuple[str, str]]:
     """name -> (normalized text, "<file>:<line>")."""
     texts: dict[str, tuple[str, str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            m = _TRANSCRIPT_RE.match(line)
-            if m is None:
-                bad.append(
-                    BadUtterance(line, where, MALFORMED_TRANSCRIPT, f"expected '<text> (<utt-name>)', got {line!r}")
-                )
-                continue
-            name = m["name"]
-            if name in texts:
-                spk = _speaker_from_name(name)
-                uid = make_utt_id(name, spk) if spk else name
-                bad.append(BadUtterance(uid, where, DUPLICATE_ID, f"{name!r} already transcribed at {texts[name][1]}"))
-                continue
-            texts[name] = (normalize_transcript(m["text"]), where)
+    for where, line in _numbered_lines(path):
+        m = _TRANSCRIPT_RE.match(line)
+        if m is None:
+            bad.append(
+                BadUtterance(line, where, MALFORMED_TRANSCRIPT, f"expected '<text> (<utt-name>)', got {line!r}")
+            )
+            continue
+        name = m["name"]
+        if name in texts:
+            spk = _speaker_from_name(name)
+            uid = make_utt_id(name, spk) if spk else name
+            bad.append(BadUtterance(uid, where, DUPLICATE_ID, f"{name!r} already transcribed at {texts[name][1]}"))
+            continue
+        texts[name] = (normalize_transcript(m["text"]), where)
     return texts
 
 
