@@ -110,8 +110,11 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
 
     At each step the ``2K`` best extensions of each utterance are taken; those ending in eos among the best
     ``K`` are finished (as fairseq's search), the best ``K`` that do not end in eos stay alive. An utterance
-    stops when it has ``K`` finished hypotheses or reaches its maximum length (then its live hypotheses
-    are finished as they are). The result is the finished hypothesis with the best ``norm_score``.
+    stops when its best finished hypothesis outranks what any live one could still reach (live scores only
+    fall; the bound divides by the maximum length), or at its maximum length (then its live hypotheses are
+    finished as they are). Stopping at ``K`` finished hypotheses instead lets improbable early-eos
+    hypotheses end the search before the right one finishes. The result is the finished hypothesis with the
+    best ``norm_score``.
 
     Parameters and returns as :func:`greedy_search`.
     """
@@ -148,7 +151,7 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
         new_hist_src = base + beam_idx  # (B, 2K) flat source row
         if bool(fin.any()):
             for bi, ci in fin.nonzero().tolist():
-                if done[bi] or len(finished[bi]) >= k:
+                if done[bi]:
                     continue
                 src = int(new_hist_src[bi, ci])
                 toks = hist[src].tolist()
@@ -164,10 +167,14 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
         state = state.select(src)
         hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
         att_hist = torch.cat([att_hist.index_select(0, src), w.index_select(0, src)[:, None]], 1)
+        # A live hypothesis can only lose log-probability, so its best possible ranking score is its score
+        # now divided by the largest length it may reach; an utterance is done once a finished hypothesis
+        # beats that bound for every live one (exact for length_penalty=0), or at its maximum length.
+        bound = (scores / (max_lens[:, None].float() + 1) ** opts.length_penalty).max(-1).values.tolist()
         for bi in range(b):
             if done[bi]:
                 continue
-            if len(finished[bi]) >= k:
+            if finished[bi] and max(h.norm_score for h in finished[bi]) >= bound[bi]:
                 done[bi] = True
             elif bool(last[bi]):
                 # Out of length: the live hypotheses end here (no eos emitted).
