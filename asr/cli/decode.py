@@ -24,8 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from asr.data.datadir import Utterance, read_data_dir
-from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, make_collate
+from asr.data.datadir import Utterance
+from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, load_split, make_collate
 from asr.decoding.search import DecodingOptions, decode_batch
 from asr.features.audio import AudioError, audio_duration, load_audio
 from asr.features.fbank import FbankOptions, compute_fbank
@@ -69,17 +69,14 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     fbank = FbankOptions(num_mel_bins=meta.get("feat_dim", 80), frame_shift_ms=1000 * meta.get("frame_shift_s", 0.01))
     errors: list[tuple[str, str]] = []
     if cfg.get("data_dir"):
-        utts = read_data_dir(cfg.data_dir)
-        feats = None
-        if cfg.get("dump_dir") and (Path(cfg.dump_dir) / "feats.pt").is_file():
-            feats = torch.load(Path(cfg.dump_dir) / "feats.pt", weights_only=True)
+        ds = load_split(cfg.data_dir, cfg.get("dump_dir"), tok, fbank)
     elif cfg.get("audio"):
         utts, feats, errors = _audio_utts(list(cfg.audio), fbank)
+        ds = ASRDataset(utts, tok, feats, fbank)
     else:
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
-    if not utts:
+    if len(ds) == 0:
         raise ValueError("no utterance to decode")
-    ds = ASRDataset(utts, tok, feats, fbank)
     sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], int(cfg.batch_size), shuffle=False, num_replicas=1, rank=0)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=make_collate(tok.pad_id))
     opts = DecodingOptions(int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty))

@@ -48,6 +48,7 @@ class Batch:
     texts: list[str]
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The batch with its tensors on ``device`` (ids and texts unchanged)."""
         return Batch(self.feats.to(device), self.feat_lens.to(device), self.tokens.to(device), self.token_lens.to(device), self.ids, self.texts)
 
 

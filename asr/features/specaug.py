@@ -26,6 +26,7 @@ class SpecAugment(nn.Module):
         self.time = nn.ModuleList(torchaudio.transforms.TimeMasking(time_mask_width, iid_masks=True, p=max_time_ratio) for _ in range(num_time_masks))
 
     def forward(self, xs: Tensor) -> Tensor:
+        """Masked copy of ``xs (B, T, F)`` in training mode; ``xs`` itself in eval mode."""
         if not self.training:
             return xs
         x = xs.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T) as torchaudio expects

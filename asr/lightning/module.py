@@ -66,6 +66,7 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- steps --------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """SpecAugment (if on), teacher-forced loss; logs train/loss, train/acc, train/att_loss, train/ctc_loss, lr."""
         feats = batch.feats
         if self.specaug is not None:
             # mask normalised features so a masked value is the global mean; the model's CMVN is then undone
@@ -82,6 +83,7 @@ class ASRLightningModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Dev loss and token accuracy, plus greedy hypotheses collected for the corpus-level dev WER/CER."""
         out = self.model(batch.feats, batch.feat_lens, batch.tokens, batch.token_lens)
         bs = len(batch.ids)
         self.log("dev/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
@@ -95,6 +97,7 @@ class ASRLightningModule(L.LightningModule):
             self._plot_item = (batch.ids[0], batch.texts[0], self._dev_hyps[-len(hyps)], h)
 
     def on_validation_epoch_end(self) -> None:
+        """Log dev/wer and dev/cer (gathered over DDP ranks) and one attention plot to TensorBoard."""
         refs, hyps = self._dev_refs, self._dev_hyps
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
@@ -126,6 +129,7 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
+        """Adam with linear warm-up and cosine decay, stepped every optimiser step."""
         cfg = self.optim_cfg
         opt = torch.optim.Adam(self.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))

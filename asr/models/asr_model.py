@@ -61,6 +61,7 @@ class AttentionASRModel(nn.Module):
 
     @property
     def subsampling_factor(self) -> int:
+        """Input fbank frames per encoder frame (8 for the default pBLSTM)."""
         return self.encoder.subsampling_factor
 
     def encode(self, xs_pad: Tensor, xs_lens: Tensor) -> tuple[Tensor, Tensor]:

@@ -98,12 +98,10 @@ class Tokenizer:
             minloglevel=2,
         )
         tok = cls(buf.getvalue())
-        from asr.utils.io import atomic_write_text
+        from asr.utils.io import atomic_open, atomic_write_text
 
-        model_path = model_prefix.with_suffix(".model")
-        tmp = model_path.with_suffix(".model.tmp")
-        tmp.write_bytes(tok.proto)
-        tmp.replace(model_path)
+        with atomic_open(model_prefix.with_suffix(".model"), "wb") as f:
+            f.write(tok.proto)
         atomic_write_text(
             "".join(f"{tok.sp.id_to_piece(i)}\t{i}\n" for i in range(tok.vocab_size)),
             model_prefix.with_suffix(".vocab"),
@@ -112,6 +110,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of tokens, special ones included (the decoder output size V)."""
         return self.sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
