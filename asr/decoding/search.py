@@ -3,6 +3,11 @@
 Both run on a whole batch of utterances at once; beam search keeps the ``B x K`` hypotheses in one tensor
 program (flattened top-k over ``K * V`` candidates per utterance, ``beam = id // V``, ``token = id % V``,
 as ESPnet's batch beam search) and reorders the decoder state with ``DecoderState.select``.
+
+With ``ctc_weight`` λ > 0 the beam search is the joint CTC/attention one of Watanabe et al. 2017 ("Hybrid
+CTC/attention architecture for end-to-end speech recognition"): a hypothesis ``h`` extended from ``g`` scores
+``(1 - λ) log p_att(c | g) + λ (log psi_ctc(h) - log psi_ctc(g))``, the CTC prefix scores of all ``B x K x V``
+extensions computed at once (:mod:`asr.decoding.ctc`). λ = 1 with beam 1 is CTC-only greedy decoding.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from asr.decoding.ctc import CTCPrefixScorer, ctc_greedy
 from asr.models.asr_model import AttentionASRModel
 
 
@@ -30,12 +36,22 @@ class DecodingOptions:
     length_penalty : float
         Finished hypotheses are ranked by ``log p / (len + 1) ** length_penalty`` (len counts eos);
         0 ranks by raw log-probability, 1 by per-token average (length normalisation).
+    ctc_weight : float
+        λ in [0, 1] of joint CTC/attention decoding; 0 = attention only. Needs a model trained with a CTC
+        branch when > 0. 1 with ``beam_size`` 1 is CTC greedy (best path) decoding.
     """
 
     beam_size: int = 1
     max_len_ratio: float = 1.5
     min_len: int = 5
     length_penalty: float = 1.0
+    ctc_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,49 @@ def _max_lens(hs_lens: Tensor, opts: DecodingOptions) -> Tensor:
 
 def _norm(score: float, n: int, penalty: float) -> float:
     return score / (n ** penalty) if penalty else score
+
+
+def _mask_special(logp: Tensor, model: AttentionASRModel) -> Tensor:
+    """Padding/blank and sos are never outputs: their log-probabilities become -inf (last axis = tokens)."""
+    logp[..., model.pad_id] = float("-inf")
+    logp[..., model.sos_id] = float("-inf")
+    return logp
+
+
+def ctc_log_probs(model: AttentionASRModel, hs: Tensor) -> Tensor:
+    """``(B, S, V)`` CTC log-posteriors of encoder output ``hs (B, S, D)``.
+
+    Raises
+    ------
+    ValueError
+        The model has no CTC branch (trained with ``model.ctc_weight=0``).
+    """
+    if model.ctc is None:
+        raise ValueError("decoding with ctc_weight > 0 needs a model trained with a CTC branch (model.ctc_weight > 0)")
+    return torch.log_softmax(model.ctc(hs).float(), -1)
+
+
+@torch.no_grad()
+def ctc_greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+    """CTC best-path decoding of a batch (no attention decoder).
+
+    ``Hypothesis.attention`` is the CTC alignment as a ``(U + 1, S)`` 0/1 matrix: row ``u`` marks the encoder
+    frame where token ``u`` starts, the last row the utterance's final frame.
+
+    Raises
+    ------
+    ValueError
+        The model has no CTC branch.
+    """
+    hs, hs_lens = model.encode(xs_pad, xs_lens)
+    logp = ctc_log_probs(model, hs)
+    out = []
+    for (tokens, score, frames), n in zip(ctc_greedy(logp, hs_lens, model.pad_id), hs_lens.tolist()):
+        att = torch.zeros(len(tokens) + 1, n)
+        att[torch.arange(len(tokens)), torch.tensor(frames, dtype=torch.long)] = 1.0
+        att[-1, n - 1] = 1.0
+        out.append(Hypothesis(tokens, score, _norm(score, len(tokens) + 1, opts.length_penalty), att))
+    return out
 
 
 @torch.no_grad()
@@ -84,7 +143,7 @@ def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opt
     toks, atts = [], []
     for t in range(int(max_lens.max())):
         logits, w, state = dec.step(y, state, memory)
-        logp = torch.log_softmax(logits.float(), -1)
+        logp = _mask_special(torch.log_softmax(logits.float(), -1), model)
         best_lp, y = logp.max(-1)
         active = ~done
         scores = scores + best_lp * active
@@ -105,7 +164,9 @@ def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opt
 
 
 @torch.no_grad()
-def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+def beam_search(
+    model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None
+) -> list[Hypothesis]:
     """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
 
     At each step the ``2K`` best extensions of each utterance are taken; those ending in eos among the best
@@ -116,7 +177,16 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
     hypotheses end the search before the right one finishes. The result is the finished hypothesis with the
     best ``norm_score``.
 
+    With ``opts.ctc_weight`` λ > 0 every candidate's score is the joint CTC/attention one (module docstring);
+    both parts only fall as a hypothesis grows, so the stopping bound still holds. ``score`` is then the
+    joint log-score. ``use_ctc`` (default: λ > 0) runs the CTC prefix scorer even at λ = 0 (tests).
+
     Parameters and returns as :func:`greedy_search`.
+
+    Raises
+    ------
+    ValueError
+        λ > 0 for a model without a CTC branch.
     """
     k = opts.beam_size
     hs, hs_lens = model.encode(xs_pad, xs_lens)
@@ -132,6 +202,12 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
     scores = torch.full((b, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0
     y = torch.full((b * k,), model.sos_id, dtype=torch.long, device=dev)
+    lam = float(opts.ctc_weight)
+    if use_ctc is None:
+        use_ctc = lam > 0
+    if use_ctc:
+        ctc_scorer = CTCPrefixScorer(ctc_log_probs(model, hs), hs_lens, model.pad_id, model.eos_id, k)
+        ctc_state = ctc_scorer.init_state()
     hist = torch.empty(b * k, 0, dtype=torch.long, device=dev)
     att_hist = torch.empty(b * k, 0, s_max, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
@@ -139,7 +215,13 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
     base = (torch.arange(b, device=dev) * k)[:, None]
     for t in range(int(max_lens.max())):
         logits, w, state = dec.step(y, state, memory)
-        logp = torch.log_softmax(logits.float(), -1).view(b, k, v)
+        logp = torch.log_softmax(logits.float(), -1)
+        if use_ctc:
+            ctc_psi, ctc_r = ctc_scorer.score(ctc_state)
+            if lam > 0:
+                delta = torch.nan_to_num(ctc_psi - ctc_state.psi[:, None], nan=float("-inf"))
+                logp = (1 - lam) * logp + lam * delta
+        logp = _mask_special(logp, model).view(b, k, v)
         cand = (scores[:, :, None] + logp).view(b, k * v)
         n_cand = min(2 * k, k * v)
         top_scores, top_ids = cand.topk(n_cand, dim=-1)  # (B, 2K)
@@ -165,6 +247,8 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
         src = new_hist_src.gather(1, keep).view(-1)
         y = tok.gather(1, keep).view(-1)
         state = state.select(src)
+        if use_ctc:
+            ctc_state = ctc_scorer.select(ctc_psi, ctc_r, src, y)
         hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
         att_hist = torch.cat([att_hist.index_select(0, src), w.index_select(0, src)[:, None]], 1)
         # A live hypothesis can only lose log-probability, so its best possible ranking score is its score
@@ -195,7 +279,10 @@ def beam_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts:
 
 
 def decode_batch(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
-    """Greedy search when ``opts.beam_size == 1``, else beam search."""
-    if opts.beam_size <= 1:
+    """CTC greedy when ``opts.ctc_weight == 1`` and ``beam_size == 1``; attention greedy when ``beam_size == 1``
+    and ``ctc_weight == 0``; else (joint) beam search."""
+    if opts.ctc_weight >= 1.0 and opts.beam_size <= 1:
+        return ctc_greedy_search(model, xs_pad, xs_lens, opts)
+    if opts.beam_size <= 1 and opts.ctc_weight == 0:
         return greedy_search(model, xs_pad, xs_lens, opts)
     return beam_search(model, xs_pad, xs_lens, opts)

@@ -51,7 +51,8 @@ case "${an4_root}" in /*|"") ;; *) an4_root="${OLDPWD}/${an4_root}" ;; esac
 log() { echo "[$(date '+%F %T')] $*"; }
 
 name=$(echo "${experiment}" | tr '/' '_')
-name="${name/an4_/an4_pblstm_}"
+# Scorer experiments (an4/additive, ...) are pBLSTM ones; names that say their encoder keep it.
+case "${name}" in an4_pblstm_*|an4_transformer_*) ;; *) name="${name/an4_/an4_pblstm_}" ;; esac
 exp_dir="exp/${name}${tag}"
 token_model="data/token/${tokenizer_kind}${vocab_size}.model"
 common_train=(experiment="${experiment}" exp_dir="${exp_dir}" tokenizer.kind="${tokenizer_kind}" tokenizer.vocab_size="${vocab_size}")

@@ -1,0 +1,150 @@
+"""CTC prefix scoring for joint CTC/attention beam search, and CTC-only greedy decoding.
+
+The prefix score follows Watanabe et al. 2017, "Hybrid CTC/attention architecture for end-to-end speech
+recognition" (IEEE JSTSP 11(8), Algorithm 2), computed for every hypothesis of every utterance and every next
+token at once (``N = B x K`` hypotheses, ``V`` tokens), with a Python loop over encoder frames only.
+
+Notation, for a prefix ``g`` and encoder frame ``t`` (0-based):
+
+- ``r_t^n(g)``, ``r_t^b(g)``: log-probability of all CTC paths over frames ``0..t`` whose labelling is ``g``
+  and whose last symbol is a non-blank / a blank;
+- ``psi(g)``: the prefix probability, log of the total probability of all labellings that start with ``g``;
+- for ``h = g + c``: ``phi_{t-1} = logaddexp(r_{t-1}^b(g), r_{t-1}^n(g))`` (or only ``r_{t-1}^b(g)`` when ``c``
+  repeats the last token of ``g``), ``r_t^n(h) = logaddexp(r_{t-1}^n(h), phi_{t-1}) + x_t(c)``,
+  ``r_t^b(h) = logaddexp(r_{t-1}^b(h), r_{t-1}^n(h)) + x_t(blank)``, ``psi(h) = logsumexp_t(phi_{t-1} + x_t(c))``;
+- ending (``c = eos``): ``psi(g + eos) = logaddexp(r_{T-1}^n(g), r_{T-1}^b(g))``, the probability of exactly ``g``.
+
+A virtual frame ``t = -1`` with ``r^b = 0`` for the empty prefix (``-inf`` otherwise) starts the recursion.
+Frames past an utterance's end get ``x(blank) = 0`` and ``x(c) = -inf``, so every utterance can be scored to the
+batch's longest length (as ESPnet's ``CTCPrefixScoreTH`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class CTCPrefixState:
+    """Prefix-score state of ``N`` hypotheses.
+
+    Attributes
+    ----------
+    r : Tensor
+        ``(T, 2, N)`` ``r_t^n`` (index 0) and ``r_t^b`` (index 1) of each hypothesis' prefix, log domain.
+    psi : Tensor
+        ``(N,)`` prefix log-probability ``psi(g)`` of each hypothesis (0 for the empty prefix).
+    last : Tensor
+        ``(N,)`` int64 last token of each prefix (-1 for the empty prefix).
+    """
+
+    r: Tensor
+    psi: Tensor
+    last: Tensor
+
+
+class CTCPrefixScorer:
+    """Vectorised CTC prefix scorer over a batch of utterances with ``K`` hypotheses each.
+
+    Parameters
+    ----------
+    logp : Tensor
+        ``(B, T, V)`` CTC log-posteriors (log-softmax of the CTC head over encoder frames).
+    lens : Tensor
+        ``(B,)`` valid encoder frames per utterance.
+    blank : int
+        The CTC blank id (``pad_id`` in this toolkit).
+    eos : int
+        End-of-sentence id: scored as "the prefix is the whole labelling".
+    beam : int
+        ``K``: hypotheses per utterance, laid out utterance-major (row ``b * K + k``).
+    """
+
+    def __init__(self, logp: Tensor, lens: Tensor, blank: int, eos: int, beam: int = 1) -> None:
+        b, t, v = logp.shape
+        self.blank, self.eos, self.beam, self.vocab_size = blank, eos, beam, v
+        x = logp.float().clone()
+        pad = torch.arange(t, device=logp.device)[None, :] >= lens[:, None]  # (B, T)
+        x.masked_fill_(pad[:, :, None], NEG_INF)
+        x[..., blank] = x[..., blank].masked_fill(pad, 0.0)
+        # (T, N, V) with each utterance repeated for its K hypotheses.
+        self.x = x.transpose(0, 1).repeat_interleave(beam, dim=1)
+        self.lens = lens.repeat_interleave(beam)
+
+    def init_state(self) -> CTCPrefixState:
+        """State of the empty prefix for all ``N = B x K`` rows: ``r^n = -inf``, ``r^b_t = sum_{s<=t} x_s(blank)``."""
+        t, n, _ = self.x.shape
+        r = self.x.new_full((t, 2, n), NEG_INF)
+        r[:, 1] = torch.cumsum(self.x[:, :, self.blank], dim=0)
+        return CTCPrefixState(r, self.x.new_zeros(n), torch.full((n,), -1, dtype=torch.long, device=self.x.device))
+
+    def score(self, state: CTCPrefixState) -> tuple[Tensor, Tensor]:
+        """Prefix scores of every one-token extension of every hypothesis.
+
+        Returns
+        -------
+        psi : Tensor
+            ``(N, V)`` ``psi(g + c)``; the eos column holds ``log p(g)`` (the labelling ends), the blank column -inf.
+        r : Tensor
+            ``(T, 2, N, V)`` the ``r`` of every extension, for :meth:`select`.
+        """
+        x = self.x  # (T, N, V)
+        t_max, n, v = x.shape
+        r_prev = state.r  # (T, 2, N)
+        total = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
+        # phi_{t-1}(g, c) for t = 0..T-1; row 0 is the virtual frame -1.
+        phi = total[:, :, None].expand(t_max, n, v).clone()
+        repeat = state.last[:, None] == torch.arange(v, device=x.device)[None, :]  # (N, V)
+        phi = torch.where(repeat[None], r_prev[:, 1, :, None].expand(t_max, n, v), phi)
+        start = torch.where(state.last < 0, 0.0, NEG_INF).to(x)  # virtual frame: only the empty prefix
+        phi_prev = torch.cat([start[None, :, None].expand(1, n, v), phi[:-1]], 0)  # (T, N, V): phi_{t-1}
+        r = x.new_full((t_max, 2, n, v), NEG_INF)
+        r[0, 0] = phi_prev[0] + x[0]
+        blank_lp = x[:, :, self.blank, None]  # (T, N, 1)
+        for t in range(1, t_max):
+            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi_prev[t]) + x[t]
+            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank_lp[t]
+        psi = torch.logsumexp(phi_prev + x, dim=0)  # (N, V)
+        psi[:, self.eos] = total[-1]
+        psi[:, self.blank] = NEG_INF
+        return psi, r
+
+    def select(self, psi: Tensor, r: Tensor, src: Tensor, tokens: Tensor) -> CTCPrefixState:
+        """State of the chosen extensions: row ``i`` of the new state is hypothesis ``src[i]`` extended by
+        ``tokens[i]`` (``(N',)`` int64 each)."""
+        t_max = r.shape[0]
+        idx = (src * self.vocab_size + tokens)  # flat (N * V) index
+        r_sel = r.reshape(t_max, 2, -1).index_select(2, idx)
+        return CTCPrefixState(r_sel, psi.reshape(-1).index_select(0, idx), tokens.clone())
+
+
+def ctc_greedy(logp: Tensor, lens: Tensor, blank: int) -> list[tuple[list[int], float, list[int]]]:
+    """Best-path CTC decoding: arg-max per frame, merge repeats, drop blanks.
+
+    Parameters
+    ----------
+    logp : ``(B, T, V)`` CTC log-posteriors; lens : ``(B,)`` valid frames; blank : blank id.
+
+    Returns
+    -------
+    list of ``(tokens, score, frames)`` per utterance: token ids, the best path's log-probability, and the
+    encoder frame at which each token starts.
+    """
+    best_lp, best = logp.max(-1)
+    out = []
+    for i in range(logp.shape[0]):
+        n = int(lens[i])
+        path = best[i, :n].tolist()
+        tokens, frames, prev = [], [], blank
+        for t, p in enumerate(path):
+            if p != blank and p != prev:
+                tokens.append(p)
+                frames.append(t)
+            prev = p
+        out.append((tokens, float(best_lp[i, :n].sum()), frames))
+    return out

@@ -1,0 +1,154 @@
+"""CTC prefix scoring (against a brute-force sum over all CTC paths), CTC greedy and joint CTC/attention search."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from asr.decoding.ctc import CTCPrefixScorer, ctc_greedy
+from asr.decoding.search import DecodingOptions, beam_search, ctc_greedy_search, decode_batch, greedy_search
+from asr.models.asr_model import build_model
+
+BLANK, EOS = 0, 3
+
+
+def _collapse(path):
+    out, prev = [], None
+    for p in path:
+        if p != BLANK and p != prev:
+            out.append(p)
+        prev = p
+    return tuple(out)
+
+
+def _brute(logp: torch.Tensor, n: int):
+    """Map labelling -> probability by enumerating all V^n paths over the first n frames of ``logp (T, V)``."""
+    probs: dict[tuple, float] = {}
+    v = logp.shape[1]
+    for path in itertools.product(range(v), repeat=n):
+        lp = sum(float(logp[t, s]) for t, s in enumerate(path))
+        lab = _collapse(path)
+        probs[lab] = probs.get(lab, 0.0) + math.exp(lp)
+    return probs
+
+
+def _prefix_prob(probs, prefix):
+    return sum(p for lab, p in probs.items() if lab[: len(prefix)] == tuple(prefix))
+
+
+@pytest.fixture
+def ctc_example():
+    torch.manual_seed(3)
+    b, t, v = 2, 5, 4
+    logp = torch.log_softmax(torch.randn(b, t, v) * 1.5, -1)
+    lens = torch.tensor([5, 3])  # the second utterance is padded by two frames
+    return logp, lens
+
+
+@pytest.mark.parametrize("prefix", [[], [1], [2, 1], [1, 1]])
+def test_prefix_scores_equal_brute_force_sum_over_paths(ctc_example, prefix):
+    logp, lens = ctc_example
+    v = logp.shape[2]
+    scorer = CTCPrefixScorer(logp, lens, BLANK, EOS, beam=1)
+    state = scorer.init_state()
+    for tok in prefix:  # walk the prefix token by token through score/select
+        psi, r = scorer.score(state)
+        state = scorer.select(psi, r, torch.arange(2), torch.tensor([tok, tok]))
+    psi, _ = scorer.score(state)
+    for i in range(2):
+        probs = _brute(logp[i], int(lens[i]))
+        assert float(state.psi[i]) == pytest.approx(math.log(_prefix_prob(probs, prefix)) if prefix else 0.0, abs=1e-5)
+        for c in range(v):
+            if c == BLANK:
+                assert psi[i, c] == float("-inf")
+            elif c == EOS:  # the labelling is exactly the prefix
+                p = probs.get(tuple(prefix), 0.0)
+                assert float(psi[i, c]) == (pytest.approx(math.log(p), abs=1e-5) if p > 0 else float("-inf"))
+            else:
+                expected = _prefix_prob(probs, prefix + [c])
+                if expected == 0.0:  # needs more frames than the utterance has
+                    assert psi[i, c] == float("-inf")
+                else:
+                    assert float(psi[i, c]) == pytest.approx(math.log(expected), abs=1e-5), (prefix, c)
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    logp = torch.full((1, 7, 4), -10.0)
+    for t, s in enumerate([0, 1, 1, 0, 1, 2, 2]):
+        logp[0, t, s] = 0.0
+    (tokens, score, frames), = ctc_greedy(logp, torch.tensor([7]), BLANK)
+    assert tokens == [1, 1, 2] and frames == [1, 4, 5] and score == 0.0
+    (tokens, _, _), = ctc_greedy(logp, torch.tensor([3]), BLANK)  # only the valid frames count
+    assert tokens == [1]
+
+
+def _ctc_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 32, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 32}, "decoder": {"type": "rnn", "embed_dim": 16, "hidden_size": 32}, "label_smoothing": 0.0, "ctc_weight": 0.3}
+    model = build_model(cfg, vocab_size=12, sos_id=2, eos_id=3, pad_id=0).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(8.0)
+        model.decoder.output.bias[3] += 0.5
+        model.ctc.weight.mul_(6.0)
+    return model
+
+
+@pytest.fixture
+def batch(real_feats):
+    feats = [real_feats[k] for k in sorted(real_feats)[:4]]
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), torch.tensor([f.shape[0] for f in feats])
+
+
+def test_joint_search_with_zero_ctc_weight_equals_attention_only(batch):
+    model = _ctc_model()
+    xs, lens = batch
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.0)
+    att = beam_search(model, xs, lens, opts)
+    joint = beam_search(model, xs, lens, opts, use_ctc=True)
+    assert [h.tokens for h in att] == [h.tokens for h in joint]
+    assert [h.score for h in att] == pytest.approx([h.score for h in joint], abs=1e-5)
+
+
+def test_ctc_weight_changes_the_search_and_batched_equals_per_utterance(batch):
+    model = _ctc_model()
+    xs, lens = batch
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.5)
+    joint = beam_search(model, xs, lens, opts)
+    att = beam_search(model, xs, lens, DecodingOptions(beam_size=4))
+    assert [h.score for h in joint] != pytest.approx([h.score for h in att], abs=1e-3)
+    for i in range(xs.shape[0]):
+        single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], opts)[0]
+        assert single.tokens == joint[i].tokens
+        assert single.score == pytest.approx(joint[i].score, abs=1e-4)
+
+
+def test_ctc_only_beam_scores_are_ctc_label_probabilities(batch):
+    """λ = 1: a finished hypothesis' score is log p_ctc(labelling), checked against torch's CTC loss."""
+    model = _ctc_model()
+    xs, lens = batch
+    hyps = beam_search(model, xs, lens, DecodingOptions(beam_size=3, ctc_weight=1.0, length_penalty=0.0))
+    hs, hs_lens = model.encode(xs, lens)
+    logp = torch.log_softmax(model.ctc(hs), -1).transpose(0, 1)
+    for i, h in enumerate(hyps):
+        if not h.tokens:
+            continue
+        nll = torch.nn.functional.ctc_loss(logp[:, i : i + 1], torch.tensor([h.tokens]), hs_lens[i : i + 1], torch.tensor([len(h.tokens)]), blank=0, reduction="sum")
+        assert h.score == pytest.approx(-float(nll), abs=1e-3)
+
+
+def test_decode_batch_dispatch_and_errors(batch):
+    model = _ctc_model()
+    xs, lens = batch
+    g = decode_batch(model, xs, lens, DecodingOptions(beam_size=1, ctc_weight=1.0))
+    assert [h.tokens for h in g] == [h.tokens for h in ctc_greedy_search(model, xs, lens)]
+    assert all(h.attention.shape[0] == len(h.tokens) + 1 for h in g)
+    a = decode_batch(model, xs, lens, DecodingOptions(beam_size=1))
+    assert [h.tokens for h in a] == [h.tokens for h in greedy_search(model, xs, lens)]
+    model.ctc = None
+    with pytest.raises(ValueError, match="CTC branch"):
+        decode_batch(model, xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3))
+    with pytest.raises(ValueError, match="ctc_weight"):
+        DecodingOptions(ctc_weight=1.5)
