@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Print the AN4 results table (markdown) from recipe outputs.
 
-    python scripts/results_table.py recipes/an4/exp --beam 10
+    python scripts/results_table.py recipes/an4/exp              # every scored decode setting
+    python scripts/results_table.py recipes/an4/exp --only beam10_ctc0.5_avg5
 
-One row per experiment folder that has ``train_summary.json`` and scored decodes
-(``decode_{dev,test}_beam<K>/scoring/wer.json``): dev/test WER and CER, parameters, epochs, training wall
-time, machine, beam size and the recipe command that reproduces it.
+One row per (experiment folder with ``train_summary.json``, decode setting) that has scored decodes of both
+dev and test (``decode_{dev,test}_<setting>/scoring/wer.json``; settings are the run.sh folder suffixes such as
+``beam10`` (attention only, best checkpoint) or ``beam10_ctc0.5_avg5`` (joint CTC/attention, 5 averaged
+checkpoints)): model, decoding, dev/test WER and CER, parameters, epochs, training wall time, machine, decode
+real-time factor and the recipe command that reproduces the row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 
@@ -30,42 +34,65 @@ def _train_args(exp: Path) -> str:
     return " ".join(x for x in lines if not x.startswith(own))
 
 
-def rows(exp_root: Path, beam: int) -> list[str]:
+def _experiment(exp: Path) -> str:
+    """The ``--experiment`` of a folder: the ``experiment=`` override of its last training run."""
+    for run in sorted((exp / "hydra").glob("*/.hydra/overrides.yaml"), reverse=True):
+        m = re.search(r"^- experiment=(\S+)", run.read_text(), re.M)
+        if m:
+            return m.group(1)
+    return "an4/" + exp.name.removeprefix("an4_pblstm_")
+
+
+def _decoding(setting: str, meta: dict) -> str:
+    w = float(meta.get("ctc_weight", 0.0))
+    how = "attention" if w == 0 else ("CTC greedy" if w == 1 and meta["beam_size"] == 1 else f"joint λ={w:g}")
+    ckpt = Path(meta["checkpoint"]).stem
+    return f"{how}, beam {meta['beam_size']}, {ckpt}"
+
+
+def rows(exp_root: Path, only: str | None = None) -> list[str]:
     out = []
     for exp in sorted(p for p in exp_root.iterdir() if (p / "train_summary.json").is_file()):
         if exp.name.endswith("_smoke"):
             continue
         s = json.loads((exp / "train_summary.json").read_text())
-        dev, test = _wer(exp / f"decode_dev_beam{beam}"), _wer(exp / f"decode_test_beam{beam}")
-        if not (dev and test):
-            continue
-        meta = json.loads((exp / f"decode_test_beam{beam}" / "meta.json").read_text())
-        scorer = meta["attention"]
-        experiment = exp.name.removeprefix("an4_pblstm_")
-        f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
-        targs = _train_args(exp)
-        cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment an4/{experiment} --beam_size {beam}"
-        if targs:
-            cmd += f' --train_args "{targs}"'
-        if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
-            cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
-        cmd = f"`{cmd}`"
-        out.append(
-            f"| {scorer} | {experiment} | {f(dev, 'wer')} | {f(dev, 'cer')} | {f(test, 'wer')} | {f(test, 'cer')} | "
-            f"{s['n_params'] / 1e6:.2f} M | {s['epochs']} | {s['train_wall_s'] / 60:.1f} min | {s['machine']} | "
-            f"{beam} | {meta['rtf']:.3f} | {cmd} |"
-        )
+        for test_dir in sorted(exp.glob("decode_test_*")):
+            setting = test_dir.name.removeprefix("decode_test_")
+            if only and setting != only:
+                continue
+            dev, test = _wer(exp / f"decode_dev_{setting}"), _wer(test_dir)
+            if not (dev and test):
+                continue
+            meta = json.loads((test_dir / "meta.json").read_text())
+            model = f"{meta.get('encoder', 'pblstm')} + {meta.get('decoder', 'rnn')}"
+            if meta.get("decoder", "rnn") == "rnn":
+                model += f" ({meta['attention']})"
+            experiment = _experiment(exp)
+            f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
+            targs = _train_args(exp)
+            m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_avg(\d+))?$", setting)
+            beam, ctc, avg = (m.group(1), m.group(2) or "0", m.group(3) or "0") if m else (meta["beam_size"], meta.get("ctc_weight", 0), 0)
+            cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
+            if targs:
+                cmd += f' --train_args "{targs}"'
+            if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
+                cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
+            out.append(
+                f"| {model} | {experiment} | {_decoding(setting, meta)} | {f(dev, 'wer')} | {f(dev, 'cer')} | "
+                f"{f(test, 'wer')} | {f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {s['epochs']} | "
+                f"{s['train_wall_s'] / 60:.1f} min | {s['machine']} | {meta['rtf']:.3f} | `{cmd}` |"
+            )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("exp_root", type=Path)
-    ap.add_argument("--beam", type=int, default=10)
+    ap.add_argument("--only", help="one decode setting, e.g. beam10_ctc0.5_avg5")
     a = ap.parse_args()
-    print("| scorer | experiment | dev WER % | dev CER % | test WER % | test CER % | params | epochs | train wall time | machine | beam | test decode RTF | command |")
+    print("| model | experiment | decoding | dev WER % | dev CER % | test WER % | test CER % | params | epochs | train wall time | machine | test decode RTF | command |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows(a.exp_root, a.beam):
+    for r in rows(a.exp_root, a.only):
         print(r)
 
 

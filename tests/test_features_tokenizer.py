@@ -78,6 +78,25 @@ def test_specaug_masks_in_training_only(real_feats):
     assert torch.equal(aug.eval()(x), x)
 
 
+def test_specaug_time_warp_keeps_length_and_padding(real_feats):
+    from asr.features.specaug import SpecAugment
+
+    torch.manual_seed(1)
+    feats = list(real_feats.values())[:3]
+    x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    lens = torch.tensor([f.shape[0] for f in feats])
+    aug = SpecAugment(num_freq_masks=0, num_time_masks=0, time_warp=5).train()
+    y = aug(x, lens)
+    assert y.shape == x.shape
+    for i, n in enumerate(lens.tolist()):
+        assert torch.equal(y[i, n:], x[i, n:])  # padding untouched
+        # interpolation only: every warped value lies within its bin's range in the original utterance
+        assert (y[i, :n] >= x[i, :n].min(0).values - 1e-4).all() and (y[i, :n] <= x[i, :n].max(0).values + 1e-4).all()
+    assert not torch.equal(y, x)  # something moved
+    assert torch.equal(aug.eval()(x, lens), x)
+    assert torch.equal(SpecAugment(num_freq_masks=0, num_time_masks=0).train()(x, lens), x)  # time_warp=0: identity
+
+
 def test_atomic_save_leaves_previous_file_on_crash(tmp_path):
     """A save interrupted half-way (simulated by an exception inside torch.save) keeps the old checkpoint."""
     from asr.utils.io import atomic_torch_save

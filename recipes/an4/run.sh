@@ -10,8 +10,9 @@
 #   1 data preparation -> data/{train_nodev,train_dev,test} (Kaldi data dirs + bad_utts.tsv reports)
 #   2 fbank dumps + global CMVN statistics of train_nodev -> dump/
 #   3 sentencepiece tokenizer on train_nodev text -> data/token/
-#   4 training -> exp/<name>/checkpoints/{best,last}.ckpt
-#   5 decoding of train_dev and test with the best checkpoint -> exp/<name>/decode_{dev,test}_beam<K>/
+#   4 training -> exp/<name>/checkpoints/{best,last,epochNNN}.ckpt
+#   5 checkpoint averaging (the kept epoch checkpoints -> avg<N>.ckpt; best.ckpt when --average 0) and
+#     (joint CTC/attention) beam search of train_dev and test -> exp/<name>/decode_{dev,test}_beam<K>[_ctc<w>][_avg<N>]/
 #   6 scoring (WER/CER) -> .../scoring/{wer.json,result.txt,per_utt.txt}
 #   7 alignment plots (worst and first utterances of test; a comparison of all trained scorers)
 set -euo pipefail
@@ -21,6 +22,8 @@ stop_stage=7
 an4_root="${AN4_ROOT:-}"
 experiment=an4/location_aware
 beam_size=10
+ctc_weight=0.5         # joint CTC/attention decoding weight (0 = attention only); the model needs a CTC branch
+average=5              # average the N kept epoch checkpoints for decoding (0 = decode best.ckpt)
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
 tag=""                 # suffix of the experiment folder (exp/<name><tag>), e.g. _smoke
@@ -35,11 +38,13 @@ while [ $# -gt 0 ]; do
         --an4_root) an4_root="$2"; shift 2 ;;
         --experiment) experiment="$2"; shift 2 ;;
         --beam_size) beam_size="$2"; shift 2 ;;
+        --ctc_weight) ctc_weight="$2"; shift 2 ;;
+        --average) average="$2"; shift 2 ;;
         --train_args) train_args="$2"; shift 2 ;;
         --decode_args) decode_args="$2"; shift 2 ;;
         --tag) tag="$2"; shift 2 ;;
         --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -89,16 +94,25 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     asr-train "${common_train[@]}" ${train_args}
 fi
 
+# Decode folder suffix: beam, CTC weight (when joint) and averaging (when used), e.g. beam10_ctc0.5_avg5.
+dtag="beam${beam_size}"
+[ "${ctc_weight}" != 0 ] && [ "${ctc_weight}" != 0.0 ] && dtag="${dtag}_ctc${ctc_weight}"
+ckpt="${exp_dir}/checkpoints/best.ckpt"
+if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
 decode_dirs=()
-for split in dev test; do decode_dirs+=("${exp_dir}/decode_${split}_beam${beam_size}"); done
+for split in dev test; do decode_dirs+=("${exp_dir}/decode_${split}_${dtag}"); done
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    if [ "${average}" -gt 0 ]; then
+        log "stage 5: averaging the last ${average} kept epoch checkpoints -> ${ckpt}"
+        asr-average exp_dir="${exp_dir}" n="${average}" out="${ckpt}"
+    fi
     for split in dev test; do
         data_split=${split}; [ "${split}" = dev ] && data_split=train_dev
-        log "stage 5: decoding ${data_split} (beam ${beam_size})"
+        log "stage 5: decoding ${data_split} (beam ${beam_size}, ctc_weight ${ctc_weight}, ${ckpt})"
         # shellcheck disable=SC2086
-        asr-decode ckpt="${exp_dir}/checkpoints/best.ckpt" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
-            out_dir="${exp_dir}/decode_${split}_beam${beam_size}" beam_size="${beam_size}" ${decode_args}
+        asr-decode ckpt="${ckpt}" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
+            out_dir="${exp_dir}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" ${decode_args}
     done
 fi
 
@@ -110,19 +124,19 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-    test_dir="${exp_dir}/decode_test_beam${beam_size}"
+    test_dir="${exp_dir}/decode_test_${dtag}"
     log "stage 7: alignment plots -> ${test_dir}/plots"
     asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3
     # One figure comparing every scorer trained so far on the same test utterance.
-    mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_beam"${beam_size}" 2>/dev/null | grep -v _smoke || true)
+    mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_"${dtag}" 2>/dev/null | grep -v _smoke || true)
     if [ -z "${tag}" ] && [ "${#others[@]}" -ge 2 ]; then
         list=$(IFS=,; echo "${others[*]}")
         asr-plot "compare_dirs=[${list}]" out_dir=exp/plots
     fi
 fi
 
-if [ "${stop_stage}" -ge 6 ] && [ -f "${exp_dir}/decode_test_beam${beam_size}/scoring/wer.json" ]; then
-    log "results (${experiment}, beam ${beam_size}):"
+if [ "${stop_stage}" -ge 6 ] && [ -f "${exp_dir}/decode_test_${dtag}/scoring/wer.json" ]; then
+    log "results (${experiment}, ${dtag}):"
     for d in "${decode_dirs[@]}"; do
         [ -f "${d}/scoring/result.txt" ] && { echo "== ${d}"; cat "${d}/scoring/result.txt"; }
     done
