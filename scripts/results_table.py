@@ -29,7 +29,7 @@ def _train_args(exp: Path) -> str:
     runs = sorted((exp / "hydra").glob("*/.hydra/overrides.yaml"))
     if not runs:
         return ""
-    own = ("experiment=", "exp_dir=", "tokenizer.kind=", "tokenizer.vocab_size=")
+    own = ("experiment=", "exp_dir=", "tokenizer.kind=", "tokenizer.vocab_size=", "ckpt_path=")
     lines = [ln[2:].strip() for ln in runs[-1].read_text().splitlines() if ln.startswith("- ")]
     return " ".join(x for x in lines if not x.startswith(own))
 
@@ -73,6 +73,11 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_avg(\d+))?$", setting)
             beam, ctc, avg = (m.group(1), m.group(2) or "0", m.group(3) or "0") if m else (meta["beam_size"], meta.get("ctc_weight", 0), 0)
             cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
+            base = experiment.replace("/", "_")
+            if not base.startswith(("an4_pblstm_", "an4_transformer_")):
+                base = base.replace("an4_", "an4_pblstm_", 1)
+            if exp.name != base and exp.name.startswith(base):
+                cmd += f" --tag {exp.name[len(base):]}"
             if targs:
                 cmd += f' --train_args "{targs}"'
             if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each

@@ -117,8 +117,6 @@ def test_atomic_save_leaves_previous_file_on_crash(tmp_path):
 
 
 def test_speed_perturb_changes_length_and_dataset_mixes_speeds(mini_an4):
-    import random
-
     from asr.data.dataset import load_split
     from asr.features.fbank import speed_perturb
 
@@ -130,8 +128,8 @@ def test_speed_perturb_changes_length_and_dataset_mixes_speeds(mini_an4):
 
     tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
     ds = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok, speeds=[0.9, 1.0, 1.1])
-    random.seed(0)
-    frames = {ds[0][1].shape[0] for _ in range(30)}
-    assert len(frames) == 3  # three speeds, three lengths
+    frames = {ds[(0, epoch)][1].shape[0] for epoch in range(30)}
+    assert len(frames) == 3  # three speeds, three lengths, drawn anew each epoch
+    assert ds[(0, 7)][1].shape == ds[(0, 7)][1].shape  # ... but fixed for a given (seed, epoch, index)
     plain = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok)
-    assert len({plain[0][1].shape[0] for _ in range(5)}) == 1
+    assert len({plain[(0, epoch)][1].shape[0] for epoch in range(5)}) == 1

@@ -53,10 +53,15 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment=an4/{experiment}", f"trainer={trainer}"])
-    assert cfg.name == f"an4_pblstm_{experiment}"
-    assert cfg.model.attention.type == experiment.removesuffix("_reg")
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), 40, 2, 3, 0)
-    assert model.subsampling_factor == 8
+    if experiment.startswith("transformer"):
+        assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 4 and model.ctc is not None
+    elif experiment.startswith("pblstm"):
+        assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None
+    else:  # the scorer experiments: an4/<scorer>[_reg]
+        assert cfg.name == f"an4_pblstm_{experiment}"
+        assert cfg.model.attention.type == experiment.removesuffix("_reg")
+        assert model.subsampling_factor == 8
     if trainer == "ddp":
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
 

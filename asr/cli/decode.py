@@ -8,12 +8,23 @@ Everything needed (model config, weights, CMVN, tokenizer) comes from the checkp
 ``out_dir``: ``results.jsonl`` (per utterance: id, hyp, ref, score, tokens, frames), ``attention.npz``
 (``(U + 1, S)`` weights per utterance), ``hyp.trn`` / ``ref.trn`` (sclite), ``meta.json`` (settings,
 decode time, real-time factor) and ``errors.tsv`` for audio files that could not be read.
+
+Decoding is resumable. While it runs, every finished batch is stored at once: first its attention
+matrices as ``out_dir/.partial/attention_<n>.npz`` (written atomically), then its rows appended to
+``out_dir/results.partial.jsonl`` (flushed and fsynced). An utterance counts as done only when its row is
+complete and its attention is in its shard. A decode that is killed and started again with the same
+settings (``resume=true``, the default; the settings are kept in ``out_dir/.partial/settings.json``)
+decodes only the utterances not done yet, and the final files are the same as those of an uninterrupted
+run. The final files are written once, at the end, after which the partial files are removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,24 +35,37 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from asr.data.datadir import Utterance
+from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION, Utterance
 from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, load_split, make_collate
 from asr.decoding.search import DecodingOptions, decode_batch
 from asr.features.audio import AudioError, audio_duration, load_audio
 from asr.features.fbank import FbankOptions, compute_fbank
 from asr.lightning.module import load_checkpoint
 from asr.metrics.wer import write_trn
-from asr.utils.io import atomic_write_text
+from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
 from asr.utils.paths import CONF_DIR
 
 log = logging.getLogger("asr.decode")
 
 
+def _utt_id_for(path: str, taken: set[str]) -> str:
+    """Utterance id of a user audio file: its stem with whitespace and ``()`` replaced by ``_`` (an sclite
+    trn line cannot hold them), made unique with ``-2``, ``-3``, ... when two files share a stem."""
+    stem = "".join("_" if (c.isspace() or c in "()") else c for c in Path(path).stem) or "utt"
+    uid, k = stem, 1
+    while uid in taken:
+        k += 1
+        uid = f"{stem}-{k}"
+    taken.add(uid)
+    return uid
+
+
 def _audio_utts(paths: list[str], fbank: FbankOptions) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
-    """Utterances for user audio files: id = file stem; unreadable files are reported, not fatal."""
+    """Utterances for user audio files (id: see `_utt_id_for`); unreadable files are reported, not fatal."""
     utts, feats, errors = [], {}, []
+    taken: set[str] = set()
     for p in paths:
-        uid = Path(p).stem
+        uid = _utt_id_for(str(p), taken)
         try:
             wav = load_audio(p, fbank.sample_rate)
             feats[uid] = compute_fbank(wav, fbank)
@@ -52,13 +76,160 @@ def _audio_utts(paths: list[str], fbank: FbankOptions) -> tuple[list[Utterance],
     return utts, feats, errors
 
 
+def _check_data_dir_audio(ds: ASRDataset, fbank: FbankOptions) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """Features of the data dir utterances missing from the dump, computed now so that an unreadable
+    audio file is reported (and its utterance left out) instead of stopping the decoding halfway."""
+    utts, feats, errors = [], dict(ds.feats), []
+    for u in ds.utts:
+        if u.utt_id not in feats:
+            try:
+                feats[u.utt_id] = compute_fbank(load_audio(u.wav, fbank.sample_rate), fbank)
+            except (AudioError, ValueError) as exc:
+                log.error("skipping utterance %s: %s", u.utt_id, exc)
+                errors.append((u.wav, f"utterance {u.utt_id}: {exc}"))
+                continue
+        utts.append(u)
+    return utts, feats, errors
+
+
+def _write_errors(errors: list[tuple[str, str]], out_dir: Path) -> None:
+    def clean(x: str) -> str:
+        return " ".join(x.split())  # one line, one tab per row
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / "errors.tsv")
+
+
+PARTIAL_RESULTS = "results.partial.jsonl"
+PARTIAL_DIR = ".partial"
+_PARTIAL_VERSION = 1
+
+
+def _file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
+    """What the partial results depend on: the checkpoint (path and content hash), the search options
+    and the data source. Batch size, ``max_frames``, threads and device are left out: batched search gives
+    the per-utterance result (up to float noise)."""
+    if cfg.get("data_dir"):
+        source: dict[str, Any] = {"data_dir": str(Path(cfg.data_dir).resolve()), "dump_dir": str(Path(cfg.dump_dir).resolve()) if cfg.get("dump_dir") else None}
+    else:
+        source = {"audio": [str(Path(str(a)).resolve()) for a in cfg.audio]}
+    return {
+        "version": _PARTIAL_VERSION,
+        "checkpoint": str(Path(cfg.ckpt).resolve()),
+        "checkpoint_sha256": _file_sha256(cfg.ckpt),
+        "beam_size": opts.beam_size,
+        "max_len_ratio": opts.max_len_ratio,
+        "min_len": opts.min_len,
+        "length_penalty": opts.length_penalty,
+        "ctc_weight": opts.ctc_weight,
+        **source,
+    }
+
+
+def _remove_partial(out_dir: Path) -> None:
+    """Remove ``results.partial.jsonl`` and ``.partial/`` (settings and attention shards)."""
+    (out_dir / PARTIAL_RESULTS).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+
+
+def _load_partial(out_dir: Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
+    """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
+
+    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames)``; a stored row is kept only when
+    its id is wanted with the same ref and frame count, its JSON line is complete and its attention is in
+    its shard. Partial files written with other ``settings`` (or without settings) are removed with a
+    warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
+    """
+    part_dir, part_jsonl = out_dir / PARTIAL_DIR, out_dir / PARTIAL_RESULTS
+    if not part_dir.exists() and not part_jsonl.exists():
+        return {}, {}, 0
+    try:
+        stored = json.loads((part_dir / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if stored != settings:
+        changed = sorted(k for k in set(settings) | set(stored or {}) if (stored or {}).get(k) != settings.get(k))
+        log.warning("partial decode results in %s were made with other settings (%s): starting over", out_dir, ", ".join(changed) or "no settings.json")
+        _remove_partial(out_dir)
+        return {}, {}, 0
+    remove_stale_temp_files(part_dir)
+    shard_nums = [int(p.stem.split("_", 1)[1]) for p in part_dir.glob("attention_*.npz") if p.stem.split("_", 1)[1].isdigit()]
+    next_shard = max(shard_nums, default=-1) + 1
+    lines = part_jsonl.read_text(encoding="utf-8", errors="replace").split("\n") if part_jsonl.exists() else []
+    by_shard: dict[int, dict[str, dict]] = {}
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            shard = int(row.pop("_shard"))
+            uid = row["utt_id"]
+        except (ValueError, KeyError, TypeError):
+            last = all(not x.strip() for x in lines[k + 1 :])
+            (log.info if last else log.warning)("ignoring %s line %d of %s", "truncated last" if last else "unreadable", k + 1, part_jsonl)
+            continue
+        by_shard.setdefault(shard, {})[uid] = row
+    rows: dict[str, dict] = {}
+    atts: dict[str, np.ndarray] = {}
+    for shard, shard_rows in sorted(by_shard.items()):
+        try:
+            with np.load(part_dir / f"attention_{shard}.npz") as z:
+                for uid, row in shard_rows.items():
+                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames")):
+                        rows[uid], atts[uid] = row, z[uid]
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)
+    # Keep only the usable lines, so that appending cannot glue a new row onto a truncated one.
+    atomic_write_text("".join(json.dumps({**rows[u], "_shard": s}) + "\n" for s, sr in sorted(by_shard.items()) for u in sr if u in rows), part_jsonl)
+    return rows, atts, next_shard
+
+
+def _save_batch(out_dir: Path, shard: int, rows: list[dict], atts: dict[str, np.ndarray], part_file: Any) -> None:
+    """Store one decoded batch: its attention shard atomically first, then its rows (fsynced)."""
+    with atomic_open(out_dir / PARTIAL_DIR / f"attention_{shard}.npz", "wb") as f:
+        np.savez(f, **atts)
+    part_file.write("".join(json.dumps({**r, "_shard": shard}) + "\n" for r in rows))
+    part_file.flush()
+    os.fsync(part_file.fileno())
+
+
 def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Decode per ``cfg`` (see ``conf/decode.yaml``); returns the ``meta.json`` content.
+
+    Bad input is reported, not fatal: an audio file that cannot be used (missing, not audio, empty,
+    NaN/Inf samples, shorter than one 25 ms window, ...) is listed with the reason in
+    ``<out_dir>/errors.tsv`` (``file<TAB>reason``) and the other utterances are still decoded; so are
+    the data dir entries skipped by :func:`asr.data.datadir.check_data_dir` (at most ``max_bad_fraction``,
+    default 0.05, of them). User audio files get their stem as utterance id (whitespace and ``()``
+    replaced by ``_``; ``-2``, ``-3`` appended to repeated stems). Batches hold at most ``batch_size``
+    utterances and, when ``max_frames`` > 0, at most ``max_frames`` padded feature frames (a longer single
+    utterance is decoded alone), which bounds memory for long recordings.
+
+    Resuming (module docstring): after each batch its attention goes to ``.partial/attention_<n>.npz``
+    and its rows to ``results.partial.jsonl``. With ``resume`` true (the default) partial files made with
+    the same settings (checkpoint content, beam_size, max_len_ratio, min_len, length_penalty, ctc_weight,
+    data source; see ``.partial/settings.json``) are read first, a truncated last line ignored, and only
+    the other utterances are decoded; partial files of other settings are removed with a warning, as they
+    are with ``resume`` false. The final files (``results.jsonl`` sorted by id, ``attention.npz``,
+    ``hyp.trn``, ``ref.trn``, ``errors.tsv``, ``meta.json``) are written at the end from both, then the
+    partial files are removed. ``meta.json`` counts the reused utterances in ``resumed_utts``; its
+    ``n_batches``, ``decode_s``, ``audio_s`` and ``rtf`` describe this run's decoding only.
 
     Raises
     ------
     ValueError
-        Neither ``data_dir`` nor ``audio`` given, or no utterance could be read.
+        Neither ``data_dir`` nor ``audio`` given, or no utterance could be read (``errors.tsv`` is
+        written first and the message names the first error).
+    asr.data.datadir.DataDirError
+        The data dir lacks a required file or has more than ``max_bad_fraction`` bad entries.
     """
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if cfg.get("threads"):
@@ -68,71 +239,111 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     model.to(device)
     fbank = FbankOptions(num_mel_bins=meta.get("feat_dim", 80), frame_shift_ms=1000 * meta.get("frame_shift_s", 0.01))
     errors: list[tuple[str, str]] = []
+    out_dir = Path(cfg.out_dir)
     if cfg.get("data_dir"):
-        ds = load_split(cfg.data_dir, cfg.get("dump_dir"), tok, fbank)
+        ds = load_split(cfg.data_dir, cfg.get("dump_dir"), tok, fbank, max_bad_fraction=float(cfg.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)))
+        errors = [(b.file, f"utterance {b.utt_id}: {b.reason}") for b in ds.skipped]
+        utts, feats, audio_errors = _check_data_dir_audio(ds, fbank)
+        errors += audio_errors
+        ds = ASRDataset(utts, tok, feats, fbank)
     elif cfg.get("audio"):
         utts, feats, errors = _audio_utts(list(cfg.audio), fbank)
         ds = ASRDataset(utts, tok, feats, fbank)
     else:
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
     if len(ds) == 0:
+        if errors:
+            _write_errors(errors, out_dir)
+            raise ValueError(f"no utterance to decode: {len(errors)} error(s), e.g. {errors[0][0]}: {errors[0][1]}; see {out_dir / 'errors.tsv'}")
         raise ValueError("no utterance to decode")
-    sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], int(cfg.batch_size), shuffle=False, num_replicas=1, rank=0)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=make_collate(tok.pad_id))
-    opts = DecodingOptions(int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty))
-    out_dir = Path(cfg.out_dir)
+    max_frames = int(cfg.get("max_frames", 0) or 0)
+    opts = DecodingOptions(
+        int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty), float(cfg.get("ctc_weight", 0.0))
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = _resume_settings(cfg, opts)
     rows: dict[str, dict] = {}
     atts: dict[str, np.ndarray] = {}
+    shard = 0
+    if cfg.get("resume", True):
+        wanted = {u.utt_id: (u.text, ds.num_frames(i)) for i, u in enumerate(ds.utts)}
+        rows, atts, shard = _load_partial(out_dir, settings, wanted)
+        if rows:
+            log.info("resuming %s: %d of %d utterances already decoded", out_dir, len(rows), len(ds))
+    else:
+        _remove_partial(out_dir)
+    resumed = len(rows)
+    if not (out_dir / PARTIAL_DIR / "settings.json").exists():
+        _remove_partial(out_dir)
+        atomic_write_text(json.dumps(settings, indent=2) + "\n", out_dir / PARTIAL_DIR / "settings.json")
+    todo = [i for i, u in enumerate(ds.utts) if u.utt_id not in rows]
+    ds_todo = ASRDataset([ds.utts[i] for i in todo], tok, ds.feats, fbank)
+    sampler = LengthBucketBatchSampler([ds_todo.num_frames(i) for i in range(len(ds_todo))], int(cfg.batch_size), max_frames, shuffle=False, num_replicas=1, rank=0)
+    loader = torch.utils.data.DataLoader(ds_todo, batch_sampler=sampler, collate_fn=make_collate(tok.pad_id))
     audio_s = 0.0
     t0 = time.perf_counter()
-    for batch in tqdm(loader, desc=f"decode beam={opts.beam_size}", unit="batch"):
-        batch = batch.to(device)
-        hyps = decode_batch(model, batch.feats, batch.feat_lens, opts)
-        enc_lens = model.encoder.output_lengths(batch.feat_lens)
-        for i, h in enumerate(hyps):
-            uid = batch.ids[i]
-            att = h.attention.float().numpy()
-            if att.shape[0] == len(h.tokens):  # stopped at the length limit without eos: empty eos row
-                att = np.concatenate([att, np.zeros((1, att.shape[1]), dtype=att.dtype)], 0)
-            atts[uid] = att.astype(np.float32)
-            rows[uid] = {
-                "utt_id": uid,
-                "ref": batch.texts[i],
-                "hyp": tok.decode(h.tokens),
-                "score": round(h.score, 4),
-                "norm_score": round(h.norm_score, 4),
-                "tokens": tok.pieces(h.tokens),
-                "n_frames": int(batch.feat_lens[i]),
-                "enc_frames": int(enc_lens[i]),
-            }
-            audio_s += int(batch.feat_lens[i]) * fbank.frame_shift_s
+    with open(out_dir / PARTIAL_RESULTS, "a", encoding="utf-8") as part_file:
+        for batch in tqdm(loader, desc=f"decode beam={opts.beam_size}", unit="batch"):
+            batch = batch.to(device)
+            hyps = decode_batch(model, batch.feats, batch.feat_lens, opts)
+            enc_lens = model.encoder.output_lengths(batch.feat_lens)
+            batch_rows, batch_atts = [], {}
+            for i, h in enumerate(hyps):
+                uid = batch.ids[i]
+                att = h.attention.float().numpy()
+                if att.shape[0] == len(h.tokens):  # stopped at the length limit without eos: empty eos row
+                    att = np.concatenate([att, np.zeros((1, att.shape[1]), dtype=att.dtype)], 0)
+                batch_atts[uid] = att.astype(np.float32)
+                batch_rows.append({
+                    "utt_id": uid,
+                    "ref": batch.texts[i],
+                    "hyp": tok.decode(h.tokens),
+                    "score": round(h.score, 4),
+                    "norm_score": round(h.norm_score, 4),
+                    "tokens": tok.pieces(h.tokens),
+                    "n_frames": int(batch.feat_lens[i]),
+                    "enc_frames": int(enc_lens[i]),
+                })
+                audio_s += int(batch.feat_lens[i]) * fbank.frame_shift_s
+            _save_batch(out_dir, shard, batch_rows, batch_atts, part_file)
+            shard += 1
+            atts.update(batch_atts)
+            rows.update((r["utt_id"], r) for r in batch_rows)
     elapsed = time.perf_counter() - t0
     ids = sorted(rows)
     atomic_write_text("".join(json.dumps(rows[u]) + "\n" for u in ids), out_dir / "results.jsonl")
-    np.savez_compressed(out_dir / "attention.npz", **{u: atts[u] for u in ids})
+    with atomic_open(out_dir / "attention.npz", "wb") as f:
+        np.savez_compressed(f, **{u: atts[u] for u in ids})
     write_trn(out_dir / "hyp.trn", {u: rows[u]["hyp"] for u in ids})
     write_trn(out_dir / "ref.trn", {u: rows[u]["ref"] for u in ids})
     if errors:
-        atomic_write_text("file\treason\n" + "".join(f"{p}\t{r}\n" for p, r in errors), out_dir / "errors.tsv")
+        _write_errors(errors, out_dir)
     info = {
         "checkpoint": str(cfg.ckpt),
         "attention": meta["model_cfg"]["attention"]["type"],
+        "encoder": meta["model_cfg"]["encoder"]["type"],
+        "decoder": meta["model_cfg"]["decoder"]["type"],
         "frame_shift_s": fbank.frame_shift_s,
         "subsampling": model.subsampling_factor,
         "beam_size": opts.beam_size,
         "max_len_ratio": opts.max_len_ratio,
         "length_penalty": opts.length_penalty,
+        "ctc_weight": opts.ctc_weight,
         "n_utts": len(ids),
+        "resumed_utts": resumed,
         "n_errors": len(errors),
+        "max_frames": max_frames,
+        "n_batches": len(sampler),
         "decode_s": round(elapsed, 2),
         "audio_s": round(audio_s, 2),
-        "rtf": round(elapsed / max(audio_s, 1e-9), 4),
+        "rtf": round(elapsed / audio_s, 4) if audio_s else 0.0,
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
     atomic_write_text(json.dumps(info, indent=2) + "\n", out_dir / "meta.json")
-    print(f"decoded {len(ids)} utterances ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
+    _remove_partial(out_dir)
+    reused = f" + {resumed} resumed" if resumed else ""
+    print(f"decoded {len(ids) - resumed} utterances{reused} ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
     return info
 
 

@@ -6,6 +6,8 @@ Usage::
     asr-plot decode_dir=exp/an4/decode_test worst_n=0 'utt_ids=[fcaw-an406-b]' first_n=3
     asr-plot 'compare_dirs=[exp/dot/decode_test,exp/loc/decode_test]' \\
              'compare_labels=[dot,location]' compare_utt=fcaw-an406-b   # -> <out_dir>/compare_<utt>.png
+    asr-plot decode_dir=exp/an4_transformer_ctc/decode_test heads=true feats=dump/test/feats.pt
+             # Transformer decoder: also <utt>_heads.png, every layer's and head's cross-attention
 
 A decode directory (written by ``asr-decode``) holds ``results.jsonl`` (``utt_id``, ``ref``,
 ``hyp``, ``tokens``, ...), ``attention.npz`` (utt id -> float32 ``(len(tokens) + 1, enc_frames)``,
@@ -32,7 +34,7 @@ from asr.metrics.wer import normalize_whitespace, per_utterance
 from asr.utils.paths import CONF_DIR
 from asr.viz.alignment import plot_alignment, plot_comparison, utterance_title
 
-__all__ = ["read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", "plot_compare", "main"]
+__all__ = ["read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", "plot_compare", "safe_file_stem", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,28 @@ def _attention(npz: Any, utt_id: str, row: dict[str, Any], decode_dir: Path) -> 
     return w, tokens
 
 
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def safe_file_stem(utt_id: str) -> str:
+    """A file name stem for an utterance id that cannot leave the output folder.
+
+    Ids made only of ``[A-Za-z0-9._-]`` that do not start with ``.`` (every Kaldi-style id such as
+    ``fcaw-an406-b``) are kept as they are. Any other id (with ``/``, ``\\``, ``..``, a leading ``.``,
+    spaces, non-ASCII, or empty) has each other character replaced by ``_``, a leading ``.`` by ``_``,
+    and gets ``-<8 hex digits of its SHA-1>`` appended, so distinct ids keep distinct files; the result is
+    at most 100 characters. ``"../../etc/x"`` -> ``"_.._.._etc_x-<hash>"``.
+    """
+    if utt_id and utt_id[0] != "." and len(utt_id) <= 100 and all(c in _SAFE_CHARS for c in utt_id):
+        return utt_id
+    import hashlib
+
+    clean = "".join(c if c in _SAFE_CHARS else "_" for c in utt_id)[:80]
+    if clean.startswith("."):
+        clean = "_" + clean[1:]
+    return f"{clean}-{hashlib.sha1(utt_id.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def _title(stat: dict[str, Any]) -> str:
     wer = None if stat["wer"] is None else 100.0 * stat["wer"]
     return utterance_title(stat["utt_id"], stat["ref"], stat["hyp"], wer)
@@ -130,7 +154,9 @@ def plot_decode_dir(
     Returns
     -------
     list of Path
-        ``<out_dir>/<utt_id>.png`` per utterance, in selection order (see `select_utts`).
+        ``<out_dir>/<utt_id>.png`` per utterance, in selection order (see `select_utts`); an id that is
+        not a plain file name (``/``, ``..``, ...) is made one by `safe_file_stem`, so nothing is written
+        outside ``out_dir``.
 
     Raises
     ------
@@ -156,12 +182,93 @@ def plot_decode_dir(
                 plot_alignment(
                     w,
                     tokens,
-                    out / f"{u}.png",
+                    out / f"{safe_file_stem(u)}.png",
                     frame_shift_s=float(meta["frame_shift_s"]),
                     subsampling=int(meta["subsampling"]),
                     title=_title(stats[u]),
                 )
             )
+    return paths
+
+
+def plot_head_grids(
+    decode_dir: str | Path,
+    utt_ids: Sequence[str],
+    feats: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    ckpt: str | Path | None = None,
+) -> list[Path]:
+    """Per-layer, per-head cross-attention grids of a Transformer decoder for decoded utterances.
+
+    The weights are recomputed: the decode's checkpoint (``meta.json`` ``checkpoint``) is loaded with
+    `asr.lightning.module.load_checkpoint`, the utterance's features are encoded and
+    ``model.decoder.cross_attention`` runs teacher-forced on ``[sos] + tokens`` of ``results.jsonl``, so row
+    ``u`` is the step that emitted token ``u`` (the last row emitted ``<eos>``), as in ``attention.npz``.
+
+    Parameters
+    ----------
+    decode_dir : str or Path
+        A decode directory (``results.jsonl``, ``meta.json``).
+    utt_ids : sequence of str
+        Utterances to plot.
+    feats : str or Path, optional
+        fbank dump ``feats.pt`` (utt id -> ``(T, F)``) of the decoded data, e.g. ``dump/test/feats.pt``;
+        default ``<dump_dir>/feats.pt`` when ``meta.json`` names a ``dump_dir``.
+    out_dir : str or Path, optional
+        Default ``<decode_dir>/plots``; writes ``<out_dir>/<utt_id>_heads.png`` (id through `safe_file_stem`).
+    ckpt : str or Path, optional
+        Checkpoint to use instead of ``meta.json``'s.
+
+    Returns
+    -------
+    list of Path
+        The PNGs, in ``utt_ids`` order.
+
+    Raises
+    ------
+    ValueError
+        No checkpoint or features known, a decoder without ``cross_attention`` (not a Transformer), or an
+        utterance missing from ``results.jsonl`` or the features.
+    FileNotFoundError
+        Missing checkpoint or feature file.
+    """
+    import torch
+
+    from asr.lightning.module import load_checkpoint
+    from asr.viz.alignment import plot_head_grid
+
+    d = Path(decode_dir)
+    meta = read_meta(d)
+    ckpt = ckpt if ckpt is not None else meta.get("checkpoint")
+    if not ckpt:
+        raise ValueError(f"{d / 'meta.json'} names no checkpoint; pass ckpt=")
+    if feats is None:
+        if not meta.get("dump_dir"):
+            raise ValueError("heads=true needs the decoded data's fbank dump: pass feats=<dump_dir>/feats.pt")
+        feats = Path(meta["dump_dir"]) / "feats.pt"
+    model, tok, ck_meta = load_checkpoint(str(ckpt))
+    if not hasattr(model.decoder, "cross_attention"):
+        raise ValueError(f"{ckpt}: {type(model.decoder).__name__} has no multi-head cross-attention; heads=true needs a Transformer decoder")
+    if not Path(feats).is_file():
+        raise FileNotFoundError(f"features not found: {feats}")
+    table = torch.load(feats, weights_only=True)
+    by_id = {r["utt_id"]: r for r in read_results(d)}
+    missing = [u for u in utt_ids if u not in by_id or u not in table]
+    if missing:
+        raise ValueError(f"utterance(s) not in {d / 'results.jsonl'} or {feats}: {missing}")
+    out = Path(out_dir) if out_dir is not None else d / "plots"
+    stats = _word_stats([by_id[u] for u in utt_ids]) if utt_ids else {}
+    shift = float(ck_meta.get("frame_shift_s", meta["frame_shift_s"]))
+    paths = []
+    for u in utt_ids:
+        pieces = [str(t) for t in by_id[u].get("tokens", [])]
+        x = table[u].float()[None]
+        with torch.no_grad():
+            hs, hs_lens = model.encode(x, torch.tensor([x.shape[1]]))
+            ys_in = torch.tensor([[model.sos_id] + [tok.sp.piece_to_id(p) for p in pieces]])
+            w = model.decoder.cross_attention(hs, hs_lens, ys_in)[:, 0]  # (L, H, U + 1, S)
+        png = out / f"{safe_file_stem(u)}_heads.png"
+        paths.append(plot_head_grid(w.numpy(), pieces + [EOS], png, shift, model.subsampling_factor, _title(stats[u])))
     return paths
 
 
@@ -249,7 +356,7 @@ def plot_compare(
             w, tokens = _attention(npz, utt_id, row, d)
         wer = "n/a" if stat["wer"] is None else f"{100.0 * stat['wer']:.1f}%"
         panels.append((f"{label}  WER {wer}  HYP: {stat['hyp']}", w, tokens))
-    out = Path(out_path) if out_path is not None else dirs[0] / "plots" / f"compare_{utt_id}.png"
+    out = Path(out_path) if out_path is not None else dirs[0] / "plots" / f"compare_{safe_file_stem(utt_id)}.png"
     return plot_comparison(
         panels,
         out,
@@ -271,12 +378,15 @@ def main(cfg: DictConfig) -> None:
         paths += plot_decode_dir(
             cfg.decode_dir, [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), out_dir, first_n=int(cfg.first_n)
         )
+        if cfg.get("heads"):
+            chosen = select_utts(read_results(cfg.decode_dir), [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), int(cfg.first_n))
+            paths += plot_head_grids(cfg.decode_dir, chosen, cfg.get("feats"), out_dir, cfg.get("ckpt"))
     if compare_dirs:
         utt = cfg.compare_utt if cfg.compare_utt is None else str(cfg.compare_utt)
         if utt is None:
             utt = choose_compare_utt(compare_dirs)
         base = Path(cfg.out_dir) if cfg.out_dir is not None else Path(compare_dirs[0]) / "plots"
-        paths.append(plot_compare(compare_dirs, list(cfg.compare_labels or []), utt, base / f"compare_{utt}.png"))
+        paths.append(plot_compare(compare_dirs, list(cfg.compare_labels or []), utt, base / f"compare_{safe_file_stem(utt)}.png"))
     for p in paths:
         print(p, flush=True)
 

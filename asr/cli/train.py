@@ -4,7 +4,9 @@
     asr-train experiment=an4/location_aware ckpt_path=last   # resume
     asr-train trainer=ddp trainer.accelerator=cpu trainer.devices=2
 
-Writes ``<exp_dir>/checkpoints/{best,last}.ckpt`` (best = lowest dev WER), TensorBoard logs under
+Writes ``<exp_dir>/checkpoints/{best,last}.ckpt`` (best = lowest dev WER, last = end of the latest epoch;
+both written atomically, so a run killed at any moment resumes from the last completed epoch with
+``ckpt_path=last``, re-running the interrupted epoch from its start), TensorBoard logs under
 ``<exp_dir>/tb``, ``<exp_dir>/config.yaml`` (the resolved config) and ``<exp_dir>/train_summary.json``.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -29,20 +31,51 @@ from asr.data.dataset import ASRDataModule, load_split
 from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.lightning.module import ASRLightningModule
 from asr.text.tokenizer import Tokenizer
-from asr.utils.io import atomic_torch_save, atomic_write_text
+from asr.utils.io import atomic_torch_save, atomic_write_text, remove_stale_temp_files
 from asr.utils.paths import CONF_DIR
 
 log = logging.getLogger("asr.train")
 
 
+class WallClock(Callback):
+    """Training wall time in seconds summed over interrupted and resumed runs (kept in the checkpoints), so a
+    resumed experiment reports its whole training time, not only the last process's."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of earlier runs (restored from the checkpoint)
+        self.start = time.time()
+
+    @property
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.start
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = time.time()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.before = float(state_dict.get("elapsed_s", 0.0))
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed: a crash never leaves a truncated checkpoint."""
+    """Checkpoints written to a temporary file and renamed: a crash never leaves a truncated checkpoint.
+
+    Loading (resume) is always ``weights_only=True``: a checkpoint holding other pickled objects is refused
+    with ``ValueError`` and nothing in it runs.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # pickle.UnpicklingError and friends: never fall back to unsafe loading
+            raise ValueError(f"refusing to resume from {path}: not loadable with weights_only=True ({exc})") from exc
 
 
 def fbank_options(cfg: DictConfig) -> FbankOptions:
@@ -58,6 +91,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ------
     FileNotFoundError
         Tokenizer model, CMVN statistics or data dirs missing (the message names the recipe stage).
+    ValueError
+        ``ckpt_path`` is not loadable with ``weights_only=True`` (refused; nothing in it runs).
+    asr.lightning.module.TrainingDivergedError
+        ``max_bad_steps`` optimiser steps in a row had a non-finite loss or gradient.
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -70,26 +107,57 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cmvn = GlobalCMVN.from_file(cfg.features.cmvn)
     fb = fbank_options(cfg)
     d = cfg.data
-    train_set = load_split(Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train, list(d.get("speed_perturb") or []))
-    dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev)
+    # Data dir entries that cannot be used are skipped and listed in exp_dir/skipped_<split>.tsv.
+    train_set = load_split(
+        Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train, list(d.get("speed_perturb") or []),
+        report=exp_dir / f"skipped_{Path(d.train).name}.tsv",
+    )
+    dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev, report=exp_dir / f"skipped_{Path(d.dev).name}.tsv")
     log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
     dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, d.max_frames, d.num_workers, cfg.seed)
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
-    module = ASRLightningModule(model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment)
+    train_set.seed = int(cfg.seed)  # speed-variant draws keyed by (seed, epoch, utterance)
+    module = ASRLightningModule(
+        model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment,
+        seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)),
+    )
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)
 
     ckpt_dir = exp_dir / "checkpoints"
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="dev/wer", mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        for tmp in remove_stale_temp_files(ckpt_dir):
+            log.warning("removed %s, left by a run killed while saving", tmp)
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="dev/wer", mode="min", save_top_k=1, enable_version_counter=False)
+    # last.ckpt at the end of every epoch. Not ModelCheckpoint(save_last=True) on best_cb: Lightning 2.6 only
+    # refreshes "last" when that callback saved a top-k checkpoint, i.e. when dev WER improved. Saved at
+    # train-epoch end, after validation, so it holds best_cb's updated state.
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    clock = WallClock()
+    callbacks = [best_cb, LearningRateMonitor("epoch"), clock]
+    keep = int(cfg.get("keep_checkpoints", 0))
+    if keep > 0:
+        # The N best epochs by dev loss or dev WER, or the last N ("step"), kept for checkpoint averaging
+        # (asr-average); named by epoch.
+        monitor = str(cfg.get("keep_checkpoints_by", "dev/loss"))
+        if monitor not in ("dev/loss", "dev/wer", "step"):
+            raise ValueError(f"keep_checkpoints_by must be dev/loss, dev/wer or step, got {monitor!r}")
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor=monitor, mode="max" if monitor == "step" else "min",
+                save_top_k=keep, auto_insert_metric_name=False, enable_version_counter=False,
+            )
+        )
+    callbacks.append(last_cb)  # after the other checkpoint callbacks: its file carries their final state
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(
         **trainer_kwargs,
         default_root_dir=str(exp_dir),
         deterministic=bool(cfg.deterministic),
         use_distributed_sampler=False,  # LengthBucketBatchSampler shards by rank itself
-        callbacks=[best_cb, LearningRateMonitor("epoch")]
+        callbacks=callbacks
         + ([TQDMProgressBar(refresh_rate=5)] if trainer_kwargs.get("enable_progress_bar", True) else []),
         logger=[TensorBoardLogger(str(exp_dir), name="tb", version=""), CSVLogger(str(exp_dir), name="csv", version="")],
         plugins=[AtomicCheckpointIO()],
@@ -106,7 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best_cb.best_model_path,
         "best_dev_wer": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
         "epochs": int(trainer.current_epoch),
-        "train_wall_s": round(wall, 1),
+        "train_wall_s": round(clock.elapsed, 1),  # all runs of this experiment (resumes included)
+        "last_run_wall_s": round(wall, 1),
         "n_params": n_params,
         "machine": _machine(),
     }

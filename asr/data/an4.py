@@ -42,6 +42,7 @@ __all__ = [
     "main",
     "make_utt_id",
     "normalize_transcript",
+    "parse_transcription_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ NO_FILEID = "no fileid"
 MALFORMED_TRANSCRIPT = "malformed transcript line"
 MALFORMED_FILEID = "malformed fileid line"
 DUPLICATE_ID = "duplicate id"
+NOT_UTF8 = "not UTF-8"
 
 
 class DataPrepError(RuntimeError):
@@ -171,20 +173,52 @@ class _Entry:
     where: str  # "<fileids>:<line>"
 
 
-def _numbered_lines(path: Path):
-    """Yield ``("<file>:<line>", stripped line)`` for every non-empty line of a UTF-8 text file."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if line:
-                yield f"{path}:{lineno}", line
+def _numbered_lines(path: Path, bad: list[BadUtterance]):
+    """Yield ``("<file>:<line>", stripped line)`` for every non-empty line of a UTF-8 text file.
+
+    A line that is not valid UTF-8 is not yielded but appended to ``bad`` (reason ``NOT_UTF8``), so one
+    stray byte costs one utterance, not the whole preparation. ``\r\n`` line ends are accepted.
+    """
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            shown = raw.decode("utf-8", errors="backslashreplace").strip()
+            bad.append(
+                BadUtterance(shown, where, NOT_UTF8, f"byte {raw[exc.start]:#04x} at column {exc.start + 1} is not UTF-8")
+            )
+            continue
+        if line:
+            yield where, line
+
+
+def parse_transcription_line(line: str) -> tuple[str, str] | None:
+    """Parse one AN4 transcription line ``<s> TEXT </s> (utt-name)``.
+
+    Parameters
+    ----------
+    line : str
+        One line (surrounding whitespace, trailing spaces and tabs allowed).
+
+    Returns
+    -------
+    (name, text) or None
+        The utterance name (no whitespace or parentheses) and the normalised transcript (see
+        :func:`normalize_transcript`; may be empty); ``None`` when the line does not end in ``(name)``.
+        Never raises for any ``str``.
+    """
+    m = _TRANSCRIPT_RE.match(line.strip())
+    if m is None:
+        return None
+    return m["name"], normalize_transcript(m["text"])
 
 
 def _read_fileids(path: Path, bad: list[BadUtterance]) -> dict[str, _Entry]:
     entries: dict[str, _Entry] = {}
-    for where, line in _numbered_lines(path):
+    for where, line in _numbered_lines(path, bad):
         parts = [p for p in line.split("/") if p]
-        if len(parts) < 2 or any(c.isspace() for c in line):
+        if len(parts) < 2 or any(c.isspace() for c in line) or any(p in (".", "..") for p in parts):
             bad.append(BadUtterance(line, where, MALFORMED_FILEID, f"expected '<dir>/<spk>/<name>', got {line!r}"))
             continue
         name, speaker = parts[-1], parts[-2]
@@ -206,20 +240,20 @@ def _read_fileids(path: Path, bad: list[BadUtterance]) -> dict[str, _Entry]:
 def _read_transcription(path: Path, bad: list[BadUtterance]) -> dict[str, tuple[str, str]]:
     """name -> (normalized text, "<file>:<line>")."""
     texts: dict[str, tuple[str, str]] = {}
-    for where, line in _numbered_lines(path):
-        m = _TRANSCRIPT_RE.match(line)
-        if m is None:
+    for where, line in _numbered_lines(path, bad):
+        parsed = parse_transcription_line(line)
+        if parsed is None:
             bad.append(
                 BadUtterance(line, where, MALFORMED_TRANSCRIPT, f"expected '<text> (<utt-name>)', got {line!r}")
             )
             continue
-        name = m["name"]
+        name, text = parsed
         if name in texts:
             spk = _speaker_from_name(name)
             uid = make_utt_id(name, spk) if spk else name
             bad.append(BadUtterance(uid, where, DUPLICATE_ID, f"{name!r} already transcribed at {texts[name][1]}"))
             continue
-        texts[name] = (normalize_transcript(m["text"]), where)
+        texts[name] = (text, where)
     return texts
 
 
@@ -325,7 +359,8 @@ def prepare_an4(
 
     Nothing is dropped silently: a fileid whose audio is missing (neither ``.wav`` nor ``.sph``), audio
     that libsndfile cannot read or that has no samples, an empty transcript, a fileid without transcript
-    or a transcript without fileid, a malformed line, and a duplicate id are each written to
+    or a transcript without fileid, a malformed line (including a fileid with ``.``/``..`` components), a
+    line that is not UTF-8, and a duplicate id are each written to
     ``out_dir/<split>/bad_utts.tsv`` (tab-separated; header ``utt_id file reason detail``), counted and
     logged per corpus part, e.g. ``train: 947 kept, 1 skipped (missing audio: 1)``. Bad training
     utterances are reported in ``train_nodev/bad_utts.tsv``.

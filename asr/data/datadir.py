@@ -19,6 +19,7 @@ way (a Kaldi requirement, checked by ``utils/validate_data_dir.sh``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -26,9 +27,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Utterance", "DataDirError", "write_data_dir", "read_data_dir"]
+__all__ = [
+    "Utterance",
+    "DataDirError",
+    "SkippedEntry",
+    "write_data_dir",
+    "read_data_dir",
+    "check_data_dir",
+    "write_skipped",
+    "DEFAULT_MAX_BAD_FRACTION",
+]
+
+log = logging.getLogger(__name__)
 
 _MAX_LISTED = 5
+#: Default largest fraction of bad utterances a data dir may have before reading it fails.
+DEFAULT_MAX_BAD_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -174,43 +188,72 @@ def write_data_dir(utts: Iterable[Utterance], out_dir: str | os.PathLike[str]) -
     return out
 
 
-def _read_table(path: Path, kind: str) -> dict[str, str]:
-    """Read ``<id> <rest>`` lines; ``kind`` is 'rest' (non-empty rest), 'optional' (rest may be empty) or
-    'token' (exactly one more field). Blank lines are skipped."""
-    table: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8", newline=None) as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\n")
-            if not line.strip():
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An utterance left out by :func:`read_data_dir`, and why.
+
+    Attributes
+    ----------
+    utt_id : str
+        The utterance id (for a line whose id cannot be decoded: its bytes as ``repr``).
+    file : str
+        The file showing the problem, with ``:<line>`` when one line is at fault.
+    reason : str
+        What is wrong (human readable).
+    """
+
+    utt_id: str
+    file: str
+    reason: str
+
+
+class _Table:
+    """``<id> <rest>`` lines of one data dir file, with per-line problems collected instead of raised."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path = path
+        self.values: dict[str, str] = {}
+        self.lines: dict[str, int] = {}
+        self.problems: list[tuple[str, int, str]] = []  # (utt_id, line, reason)
+        dup: set[str] = set()
+        try:
+            raw_bytes = path.read_bytes()
+        except OSError as exc:
+            raise DataDirError(f"cannot read file ({exc.strerror or exc})", path) from exc
+        for lineno, raw in enumerate(raw_bytes.split(b"\n"), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                key_bytes = raw.strip().split(maxsplit=1)[0] if raw.strip() else b""
+                try:
+                    key = key_bytes.decode("utf-8")
+                except UnicodeDecodeError:
+                    key = repr(key_bytes)
+                self.problems.append((key, lineno, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"))
                 continue
             parts = line.strip().split(maxsplit=1)
+            if not parts:
+                continue  # blank line
             key = parts[0]
             rest = parts[1].strip() if len(parts) > 1 else ""
             if kind == "rest" and not rest:
-                raise DataDirError(f"malformed line {line!r}: expected '<id> <value>'", path, lineno)
+                self.problems.append((key, lineno, f"malformed line {line.strip()!r}: expected '<id> <value>'"))
+                continue
             if kind == "token" and (not rest or len(rest.split()) != 1):
-                raise DataDirError(f"malformed line {line!r}: expected exactly two fields", path, lineno)
-            if key in table:
-                raise DataDirError(f"duplicate id {key!r} (first on line {first_line[key]})", path, lineno)
-            table[key] = rest
-            first_line[key] = lineno
-    return table
-
-
-def _check_same_ids(ref: dict[str, str], ref_path: Path, other: dict[str, str], other_path: Path) -> None:
-    missing_in_other = ref.keys() - other.keys()
-    if missing_in_other:
-        raise DataDirError(
-            f"{len(missing_in_other)} utterance id(s) of {ref_path.name} missing here: {_preview(missing_in_other)}",
-            other_path,
-        )
-    missing_in_ref = other.keys() - ref.keys()
-    if missing_in_ref:
-        raise DataDirError(
-            f"{len(missing_in_ref)} utterance id(s) of {other_path.name} missing here: {_preview(missing_in_ref)}",
-            ref_path,
-        )
+                self.problems.append((key, lineno, f"malformed line {line.strip()!r}: expected exactly two fields"))
+                continue
+            if kind == "text":
+                rest = " ".join(rest.split())  # trailing spaces / tabs, runs of whitespace -> one space
+            if key in self.values or key in dup:
+                first = self.lines.get(key)
+                self.problems.append((key, lineno, "duplicate id" + (f" (first on line {first})" if first else "")))
+                dup.add(key)
+                continue
+            self.values[key] = rest
+            self.lines[key] = lineno
+        for key in dup:  # ambiguous: drop every occurrence
+            if key in self.values:
+                del self.values[key]
 
 
 def _resolve_wav(value: str, base: Path) -> str:
@@ -222,31 +265,54 @@ def _resolve_wav(value: str, base: Path) -> str:
     return os.path.normpath(p)
 
 
-def read_data_dir(path: str | os.PathLike[str]) -> list[Utterance]:
-    """Read and validate a Kaldi/ESPnet data directory.
+def check_data_dir(
+    path: str | os.PathLike[str], max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+) -> tuple[list[Utterance], list[SkippedEntry]]:
+    """Read a Kaldi/ESPnet data directory, leaving out (and listing) the utterances with a problem.
 
-    Required: ``wav.scp``, ``text``, ``utt2spk``. Optional: ``utt2dur`` (durations are ``0.0`` when it is
-    absent) and ``spk2utt`` (checked against ``utt2spk`` when present). Blank lines are ignored.
+    Required files: ``wav.scp``, ``text``, ``utt2spk``; optional: ``utt2dur`` (durations are ``0.0`` when it
+    is absent) and ``spk2utt`` (checked against ``utt2spk`` when present). Files need not be sorted (the
+    result is); blank lines are ignored; ``\\r\\n`` line ends are accepted; transcripts are normalised
+    (trailing spaces and tabs removed, runs of whitespace collapsed to one space; an empty transcript is
+    kept as ``""``).
+
+    An utterance is skipped, with its id, the file (and line) and the reason, when: a line of any file is
+    not UTF-8 or is malformed (``wav.scp``/``spk2utt`` without a value, ``utt2spk``/``utt2dur`` without
+    exactly two fields); its id is repeated within a file (every occurrence is dropped: which one is right
+    is unknown); it is missing from one of the files present (e.g. in ``text`` but not in ``wav.scp``, or
+    the reverse); its duration is not a finite number >= 0; ``spk2utt`` gives it another speaker; or its id
+    contains ``(`` or ``)`` (sclite ``trn`` files cannot hold it). Counts are logged (a warning naming the
+    first few), and :class:`DataDirError` is raised only when the skipped fraction exceeds
+    ``max_bad_fraction``.
 
     Parameters
     ----------
     path : str or os.PathLike
         The data directory.
+    max_bad_fraction : float, default 0.05
+        Largest tolerated fraction of skipped utterances (over all ids seen in any file); ``0`` makes any
+        problem fatal.
 
     Returns
     -------
-    list of Utterance
-        Sorted by utterance id in byte order. Relative wav paths are resolved against the (absolute)
-        data directory; pipe commands (``... |``) are kept verbatim.
+    utts : list of Utterance
+        The good utterances, sorted by id in byte order. Relative wav paths are resolved against the
+        (absolute) data directory; pipe commands (``... |``) are kept verbatim (and never run: loading one
+        fails like a missing file). Audio paths are only ever read.
+    skipped : list of SkippedEntry
+        The utterances left out, in id order.
 
     Raises
     ------
     DataDirError
-        If the directory or a required file is missing; a line is malformed (``wav.scp`` without a path,
-        ``utt2spk`` / ``utt2dur`` without exactly two fields, a duration that is not a finite number >= 0);
-        an id is duplicated within a file; the files do not hold the same utterance ids (the message names
-        the file that lacks them and lists a few); ``spk2utt`` disagrees with ``utt2spk``.
+        If the directory or a required file is missing or unreadable, or the skipped fraction exceeds
+        ``max_bad_fraction`` (then ``path`` / ``line`` and the start of the message are those of the
+        first problem, followed by the counts). Nothing else, whatever the file contents.
+    ValueError
+        If ``max_bad_fraction`` is not in ``[0, 1]``.
     """
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
     d = Path(path)
     if not d.is_dir():
         raise DataDirError("data directory not found", d)
@@ -254,39 +320,95 @@ def read_data_dir(path: str | os.PathLike[str]) -> list[Utterance]:
         if not (d / name).is_file():
             raise DataDirError("required file missing", d / name)
 
-    wav_path, text_path, spk_path = d / "wav.scp", d / "text", d / "utt2spk"
-    wavs = _read_table(wav_path, "rest")
-    texts = _read_table(text_path, "optional")
-    spks = _read_table(spk_path, "token")
-    _check_same_ids(wavs, wav_path, texts, text_path)
-    _check_same_ids(wavs, wav_path, spks, spk_path)
+    tables = [_Table(d / "wav.scp", "rest"), _Table(d / "text", "text"), _Table(d / "utt2spk", "token")]
+    if (d / "utt2dur").is_file():
+        tables.append(_Table(d / "utt2dur", "token"))
+    wavs, texts, spks = (t.values for t in tables[:3])
+
+    # (utt_id) -> first problem as (path, line or None, reason); every later one is only counted
+    problems: dict[str, tuple[Path, int | None, str]] = {}
+
+    def bad(uid: str, where: Path, line: int | None, reason: str) -> None:
+        problems.setdefault(uid, (where, line, reason))
+
+    all_ids: set[str] = set()
+    for t in tables:
+        all_ids |= t.values.keys()
+        for uid, line, reason in t.problems:
+            all_ids.add(uid)
+            bad(uid, t.path, line, reason)
+    for t in tables:  # an id every file must have
+        for uid in sorted(all_ids - t.values.keys(), key=_byte_key):
+            if uid not in problems:
+                others = [o.path.name for o in tables if uid in o.values]
+                bad(uid, t.path, None, f"utterance {uid!r} is in {', '.join(others)} but not in {t.path.name}")
 
     durs: dict[str, float] = {}
-    dur_path = d / "utt2dur"
-    if dur_path.is_file():
-        raw = _read_table(dur_path, "token")
-        _check_same_ids(wavs, wav_path, raw, dur_path)
-        for k, v in raw.items():
+    if len(tables) > 3:
+        dur_t = tables[3]
+        for k, v in dur_t.values.items():
             try:
                 x = float(v)
             except ValueError:
                 x = float("nan")
             if not math.isfinite(x) or x < 0:
-                raise DataDirError(f"duration {v!r} of {k!r} is not a finite number >= 0", dur_path)
+                bad(k, dur_t.path, dur_t.lines[k], f"duration {v!r} of {k!r} is not a finite number >= 0")
             durs[k] = x
 
     s2u_path = d / "spk2utt"
     if s2u_path.is_file():
-        expected: dict[str, set[str]] = {}
-        for u, s in spks.items():
-            expected.setdefault(s, set()).add(u)
-        got = {s: set(v.split()) for s, v in _read_table(s2u_path, "rest").items()}
-        if got != expected:
-            bad = {s for s in expected.keys() | got.keys() if expected.get(s) != got.get(s)}
-            raise DataDirError(f"disagrees with utt2spk for speaker(s): {_preview(bad)}", s2u_path)
+        s2u = _Table(s2u_path, "rest")
+        s2u_note = ""
+        if s2u.problems:  # keyed by speaker: their utterances show up below as missing from spk2utt
+            spk, line, reason = s2u.problems[0]
+            s2u_note = f" (spk2utt:{line}, speaker {spk!r}: {reason})"
+        listed: dict[str, str] = {}
+        for spk, members in s2u.values.items():
+            for uid in members.split():
+                if uid in listed and listed[uid] != spk:
+                    bad(uid, s2u_path, s2u.lines[spk], f"utterance {uid!r} listed for speakers {listed[uid]!r} and {spk!r}")
+                listed.setdefault(uid, spk)
+        for uid in sorted(all_ids, key=_byte_key):
+            if uid in spks and listed.get(uid) != spks[uid]:
+                got = listed.get(uid)
+                reason = f"missing from spk2utt{s2u_note}" if got is None else f"spk2utt gives speaker {got!r}, utt2spk {spks[uid]!r}"
+                bad(uid, s2u_path, None, f"utterance {uid!r}: {reason}")
+        for uid in sorted(listed.keys() - all_ids, key=_byte_key):
+            all_ids.add(uid)
+            bad(uid, s2u_path, s2u.lines[listed[uid]], f"utterance {uid!r} is in spk2utt but in no other file")
+
+    for uid in all_ids:
+        if "(" in uid or ")" in uid:
+            bad(uid, d / "wav.scp", None, f"utterance id {uid!r} contains '(' or ')', which sclite trn files cannot hold")
+
+    skipped = [
+        SkippedEntry(uid, f"{where}:{line}" if line is not None else str(where), reason)
+        for uid, (where, line, reason) in sorted(problems.items(), key=lambda kv: _byte_key(kv[0]))
+    ]
+    good_ids = sorted(all_ids - problems.keys(), key=_byte_key)
+    n_all = len(all_ids)
+    if skipped:
+        frac = len(skipped) / n_all
+        summary = (
+            f"{d}: {len(good_ids)} utterances kept, {len(skipped)} skipped ({frac:.1%} of {n_all}): "
+            + "; ".join(f"{b.utt_id} [{b.file}] {b.reason}" for b in skipped[:_MAX_LISTED])
+            + (f"; ... {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else "")
+        )
+        log.warning(summary)
+        if frac > max_bad_fraction:
+            first_uid = skipped[0].utt_id
+            where, line, reason = problems[first_uid]
+            raise DataDirError(
+                f"{reason} [utterance {first_uid!r}]; {len(skipped)} of {n_all} utterances bad "
+                f"({frac:.1%} > max_bad_fraction={max_bad_fraction:g}): "
+                + ", ".join(f"{b.utt_id} ({b.file})" for b in skipped[:_MAX_LISTED])
+                + (f", ... ({len(skipped)} in all)" if len(skipped) > _MAX_LISTED else ""),
+                where,
+                line,
+            )
 
     base = d.absolute()
-    return [
+    utts = [
         Utterance(
             utt_id=k,
             wav=_resolve_wav(wavs[k], base),
@@ -294,5 +416,57 @@ def read_data_dir(path: str | os.PathLike[str]) -> list[Utterance]:
             speaker=spks[k],
             duration=durs.get(k, 0.0),
         )
-        for k in sorted(wavs, key=_byte_key)
+        for k in good_ids
     ]
+    return utts, skipped
+
+
+def write_skipped(path: str | os.PathLike[str], skipped: Iterable[SkippedEntry]) -> Path:
+    """Write a skipped-utterance report as TSV with header ``utt_id file reason`` (tabs/newlines in cells
+    become spaces). The caller chooses ``path``; nothing in a data dir decides where it goes."""
+
+    def clean(x: str) -> str:
+        return " ".join(x.split())
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, ["utt_id\tfile\treason", *(f"{clean(b.utt_id)}\t{clean(b.file)}\t{clean(b.reason)}" for b in skipped)])
+    return out
+
+
+def read_data_dir(
+    path: str | os.PathLike[str],
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    report: str | os.PathLike[str] | None = None,
+) -> list[Utterance]:
+    """Read and validate a Kaldi/ESPnet data directory; bad utterances are skipped and reported.
+
+    See :func:`check_data_dir` for what counts as bad. ``report``: when given and some utterance was
+    skipped, a TSV listing them (``utt_id file reason``) is written there (see :func:`write_skipped`).
+
+    Returns
+    -------
+    list of Utterance
+        The good utterances, sorted by id in byte order, wav paths resolved against the data dir.
+
+    Raises
+    ------
+    DataDirError
+        Missing directory or required file, or more than ``max_bad_fraction`` of the utterances bad (the
+        report, when asked for, is written first).
+    ValueError
+        ``max_bad_fraction`` not in ``[0, 1]``.
+    """
+    try:
+        utts, skipped = check_data_dir(path, max_bad_fraction)
+    except DataDirError:
+        if report is not None:
+            try:  # too many bad ones: still list them all (a missing file or folder just re-raises)
+                _, skipped = check_data_dir(path, 1.0)
+                write_skipped(report, skipped)
+            except DataDirError:
+                pass
+        raise
+    if report is not None and skipped:
+        write_skipped(report, skipped)
+    return utts

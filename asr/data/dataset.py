@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asr.data.datadir import Utterance, read_data_dir
+from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION, DataDirError, Utterance, check_data_dir, read_data_dir, write_skipped
 from asr.features.audio import load_audio
 from asr.features.fbank import FbankOptions, compute_fbank, speed_perturb
 from asr.text.tokenizer import Tokenizer
@@ -86,9 +86,15 @@ class ASRDataset(Dataset):
     perturbed : list of dict, optional
         Speed-perturbed versions of ``feats`` (same keys). Each access then picks uniformly among
         ``feats`` and these (on-the-fly speed perturbation from precomputed features; training only).
+    seed : int
+        Seed of the variant draws. The draw for utterance ``i`` in epoch ``e`` depends on ``(seed, e, i)``
+        only (no global RNG), so a run resumed at an epoch boundary draws exactly what an uninterrupted run
+        draws, in any DataLoader worker. The epoch comes with the index: ``ds[(i, e)]`` (what
+        :class:`LengthBucketBatchSampler` yields when shuffling); a plain ``ds[i]`` uses epoch 0.
     """
 
-    def __init__(self, utts: Sequence[Utterance], tokenizer: Tokenizer, feats: dict[str, Tensor] | None = None, fbank: FbankOptions = FbankOptions(), perturbed: Sequence[dict[str, Tensor]] = ()) -> None:
+    def __init__(self, utts: Sequence[Utterance], tokenizer: Tokenizer, feats: dict[str, Tensor] | None = None, fbank: FbankOptions = FbankOptions(), perturbed: Sequence[dict[str, Tensor]] = (), seed: int = 0) -> None:
+        self.seed = seed
         self.utts = list(utts)
         self.tokenizer = tokenizer
         self.feats = feats or {}
@@ -109,9 +115,16 @@ class ASRDataset(Dataset):
             return int(self.feats[u.utt_id].shape[0])
         return max(1, int(u.duration / self.fbank.frame_shift_s))
 
-    def __getitem__(self, i: int) -> tuple[str, Tensor, list[int], str]:
+    def variant(self, i: int, epoch: int = 0) -> int:
+        """Which of ``feats`` (0) and the perturbed dumps (1, 2, ...) utterance ``i`` uses in ``epoch``."""
+        if len(self.variants) < 2:
+            return 0
+        return random.Random(f"asr-variant:{self.seed}:{epoch}:{i}").randrange(len(self.variants))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[str, Tensor, list[int], str]:
+        i, epoch = item if isinstance(item, tuple) else (item, 0)
         u = self.utts[i]
-        x = random.choice(self.variants).get(u.utt_id) if self.variants else self.feats.get(u.utt_id)
+        x = self.variants[self.variant(i, epoch)].get(u.utt_id) if self.variants else self.feats.get(u.utt_id)
         if x is None:
             x = compute_fbank(load_audio(u.wav, self.fbank.sample_rate), self.fbank)
         return u.utt_id, x, self.tokens[i], u.text
@@ -137,7 +150,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of utterances of similar length, at most ``max_frames`` padded frames or ``batch_size`` each.
 
     Utterances are sorted by length and cut into batches (little padding); with ``shuffle`` the batch order is
-    reshuffled every epoch from ``seed + epoch``. Distributed: every rank gets the same number of batches
+    reshuffled every epoch from ``seed + epoch``, and every index is yielded as ``(index, epoch)`` so that
+    :class:`ASRDataset` keys its per-epoch draws on the epoch even inside DataLoader workers. Lightning only
+    calls ``set_epoch`` on a *sampler*, never on a batch sampler: the training module calls it at every epoch
+    start (``ASRLightningModule.on_train_epoch_start``); the order is fixed lazily, at the first batch. Distributed: every rank gets the same number of batches
     (the list is padded by repeating batches), rank ``r`` taking batches ``r, r + W, ...``, so the effective
     batch is ``world_size x`` one rank's batch.
 
@@ -176,33 +192,86 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         """Called by the training loop so each epoch gets another order."""
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        # A generator: nothing is drawn until the first batch is requested, which is after the epoch start
+        # (Lightning creates the iterator before on_train_epoch_start when a run starts or resumes).
+        epoch = self.epoch
         batches = list(self.batches)
         if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(batches)
+            random.Random(self.seed + epoch).shuffle(batches)
         per_rank = math.ceil(len(batches) / self.num_replicas)
         batches += batches[: per_rank * self.num_replicas - len(batches)]
-        return iter(batches[self.rank :: self.num_replicas])
+        for b in batches[self.rank :: self.num_replicas]:
+            yield [(i, epoch) for i in b] if self.shuffle else list(b)
 
     def __len__(self) -> int:
         return math.ceil(len(self.batches) / self.num_replicas)
 
 
-def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tokenizer, fbank: FbankOptions = FbankOptions(), limit: int = 0, speeds: Sequence[float] = ()) -> ASRDataset:
+def report_text_problems(utts: Sequence[Utterance], tokenizer: Tokenizer, where: str | Path = "") -> dict[str, int]:
+    """Warn about transcripts the tokenizer cannot represent fully, and about empty ones.
+
+    Characters the tokenizer has never seen are mapped to ``<unk>`` by :meth:`Tokenizer.encode`; here they
+    are counted and a warning names the characters and a few utterance ids. Empty transcripts are kept
+    (an utterance to decode needs none; in training the target is just ``<eos>``) and counted too.
+
+    Returns
+    -------
+    dict
+        ``unk_utts`` (utterances with an unknown character), ``unk_chars`` (such characters, with
+        repeats) and ``empty`` (utterances with an empty transcript).
+    """
+    unk_ids, n_chars, seen, empty = [], 0, {}, []
+    for u in utts:
+        if not u.text.strip():
+            empty.append(u.utt_id)
+            continue
+        bad = tokenizer.unknown_chars(u.text)
+        if bad:
+            unk_ids.append(u.utt_id)
+            n_chars += len(bad)
+            for c in bad:
+                seen[c] = seen.get(c, 0) + 1
+    prefix = f"{where}: " if str(where) else ""
+    if unk_ids:
+        chars = ", ".join(f"{c!r} x{n}" for c, n in sorted(seen.items(), key=lambda kv: -kv[1])[:10])
+        log.warning(
+            "%s%d of %d utterances have %d character(s) unknown to the tokenizer, mapped to <unk> (%s), e.g. %s",
+            prefix, len(unk_ids), len(utts), n_chars, chars, ", ".join(unk_ids[:5]),
+        )
+    if empty:
+        log.warning("%s%d utterance(s) with an empty transcript, e.g. %s", prefix, len(empty), ", ".join(empty[:5]))
+    return {"unk_utts": len(unk_ids), "unk_chars": n_chars, "empty": len(empty)}
+
+
+def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tokenizer, fbank: FbankOptions = FbankOptions(), limit: int = 0, speeds: Sequence[float] = (), max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION, report: str | Path | None = None) -> ASRDataset:
     """Dataset of a data dir, with features from ``<dump_dir>/feats.pt`` when it exists.
 
     ``limit`` > 0 keeps only the first ``limit`` utterances (debugging and smoke runs). ``speeds``: speed
     perturbation factors whose dumps (``feats_sp<factor>.pt``, written by ``asr-dump-feats speeds=...``) are
-    mixed in (1.0 is the plain dump).
+    mixed in (1.0 is the plain dump). Bad entries of the data dir are skipped and reported as
+    :func:`asr.data.datadir.read_data_dir` does (``max_bad_fraction``, ``report``); unknown characters and
+    empty transcripts are counted with a warning (:func:`report_text_problems`). The returned dataset's
+    ``skipped`` attribute lists the data dir entries left out.
 
     Raises
     ------
     FileNotFoundError
         A requested speed-perturbed dump is missing.
+    asr.data.datadir.DataDirError
+        The data dir is missing a required file or has more than ``max_bad_fraction`` bad utterances.
     """
-    utts = read_data_dir(data_dir)
+    try:
+        utts, skipped = check_data_dir(data_dir, max_bad_fraction)
+    except DataDirError:
+        if report is not None:  # too many bad entries: list them all before failing
+            read_data_dir(data_dir, max_bad_fraction, report)
+        raise
+    if report is not None and skipped:
+        write_skipped(report, skipped)
     if limit:
         utts = utts[:limit]
+    report_text_problems(utts, tokenizer, data_dir)
     feats = None
     if dump_dir is not None and (Path(dump_dir) / "feats.pt").is_file():
         feats = torch.load(Path(dump_dir) / "feats.pt", weights_only=True)
@@ -214,7 +283,9 @@ def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tok
         if not f.is_file():
             raise FileNotFoundError(f"speed-perturbed features missing: {f} (run asr-dump-feats with speeds=[{sp}])")
         perturbed.append(torch.load(f, weights_only=True))
-    return ASRDataset(utts, tokenizer, feats, fbank, perturbed)
+    ds = ASRDataset(utts, tokenizer, feats, fbank, perturbed)
+    ds.skipped = skipped  # the data dir entries left out (asr.data.datadir.SkippedEntry), for reports
+    return ds
 
 
 class ASRDataModule(L.LightningDataModule):
@@ -240,6 +311,9 @@ class ASRDataModule(L.LightningDataModule):
 
     def _loader(self, ds: ASRDataset, shuffle: bool) -> DataLoader:
         sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], self.batch_size, self.max_frames, shuffle=shuffle, seed=self.seed)
+        if shuffle and self.trainer is not None:
+            # a resumed run: DataLoader workers take their first indices before any epoch-start hook runs
+            sampler.set_epoch(self.trainer.current_epoch)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

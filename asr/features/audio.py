@@ -2,10 +2,20 @@
 
 ``torchaudio.load`` is deliberately not used (recent torchaudio routes it through torchcodec); files are
 read with :mod:`soundfile` and resampled with :func:`torchaudio.functional.resample`.
+
+Bad input, decided once here (see the README's "Robustness" section):
+
+* missing path, directory, not audio, header cut short, zero samples, NaN/Inf samples, a sample rate
+  outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``: :class:`AudioError` naming the file and the reason;
+* a WAV whose *data* is truncated (header intact): the samples present are loaded, as libsndfile reads them;
+* digital silence (all zeros): loaded as is; Kaldi fbank with dither 0 then gives the finite energy-floor
+  value (``log(FLT_EPSILON)``) in every bin, so silence is decodable;
+* another sample rate: resampled to 16 kHz; stereo / multi-channel: averaged to mono with a warning.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -14,9 +24,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-__all__ = ["AudioError", "load_audio", "audio_duration"]
+__all__ = ["AudioError", "load_audio", "audio_duration", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
 
 _STEREO_MODES = ("downmix", "error")
+#: File sample rates accepted by :func:`load_audio` (Hz). Below, resampling a file to 16 kHz could
+#: multiply its size without bound (a 1 Hz header turns 10 MB into 160 GB); above, no real recording.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+# torchaudio's sinc resampler builds a (new/g, orig/g)-sized kernel (g = gcd of the rates): fine for
+# 8/22.05/44.1/48 kHz (at most 441), minutes of CPU for e.g. 44101 Hz. Above this, an FFT resampler is used.
+_MAX_SINC_RATIO_TERM = 1000
 
 
 class AudioError(ValueError):
@@ -70,7 +87,8 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
     Raises
     ------
     AudioError
-        If the file does not exist, is a directory, or is not readable as audio.
+        If the file does not exist, is a directory, is not readable as audio, or has a sample rate
+        outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``.
     """
     p = Path(path)
     _check_file(p)
@@ -78,8 +96,10 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
         info = sf.info(str(p))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:  # LibsndfileError subclasses SoundFileError
         raise AudioError(p, _sf_reason(exc)) from exc
-    if info.samplerate <= 0:
-        raise AudioError(p, f"invalid sample rate {info.samplerate}")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            p, f"unsupported sample rate {info.samplerate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
+        )
     return float(info.frames) / float(info.samplerate)
 
 
@@ -112,8 +132,10 @@ def load_audio(
     Raises
     ------
     AudioError
-        If the file is missing, a directory, not readable as audio, has zero samples, contains NaN or
-        infinite samples, or has several channels while ``stereo="error"``.
+        If the file is missing, a directory, not readable as audio (e.g. its header is cut short), has
+        zero samples, contains NaN or infinite samples, has a sample rate outside
+        ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, or has several channels while ``stereo="error"``. These
+        (and the ``ValueError`` below) are the only exceptions raised for any file content.
     ValueError
         If ``stereo`` is not one of the accepted values or ``target_sample_rate`` is not positive.
     """
@@ -132,8 +154,10 @@ def load_audio(
     num_frames, num_channels = data.shape
     if num_frames == 0 or num_channels == 0:
         raise AudioError(p, "contains no samples (empty audio)")
-    if sample_rate <= 0:
-        raise AudioError(p, f"invalid sample rate {sample_rate}")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            p, f"unsupported sample rate {sample_rate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
+        )
     finite = np.isfinite(data)
     if not finite.all():
         n_bad = int(data.size - np.count_nonzero(finite))
@@ -153,7 +177,18 @@ def load_audio(
 
     wav = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     if sample_rate != target_sample_rate:
+        wav = _resample(wav, int(sample_rate), int(target_sample_rate))
+    return wav.clamp_(-1.0, 1.0).contiguous()
+
+
+def _resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """Band-limited resampling; torchaudio's sinc filter for usual rate pairs, FFT for co-prime ones."""
+    g = math.gcd(orig, new)
+    if max(orig // g, new // g) <= _MAX_SINC_RATIO_TERM:
         import torchaudio.functional as taf  # lazy: torchaudio import is slow and only needed here
 
-        wav = taf.resample(wav, orig_freq=int(sample_rate), new_freq=int(target_sample_rate))
-    return wav.clamp_(-1.0, 1.0).contiguous()
+        return taf.resample(wav, orig_freq=orig, new_freq=new)
+    n_out = max(1, math.ceil(wav.numel() * new / orig))
+    spec = torch.fft.rfft(wav.double())
+    # irfft with n=n_out truncates (downsampling: ideal low-pass) or zero-pads (upsampling) the spectrum.
+    return (torch.fft.irfft(spec, n=n_out) * (n_out / wav.numel())).float()

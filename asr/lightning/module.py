@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from asr.data.dataset import Batch
 from asr.decoding.search import DecodingOptions, greedy_search
 from asr.metrics.wer import score
-from asr.models.asr_model import AttentionASRModel, build_model
+from asr.models.asr_model import AttentionASRModel, build_model, reject_target_keys
 from asr.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 #: Checkpoint key holding what ``asr-decode`` needs to rebuild model and tokenizer (plain types only,
 #: so checkpoints load with ``torch.load(..., weights_only=True)``).
 ASR_KEY = "asr"
+
+#: Optimisers a stored ``optim`` config may name (key ``optimizer``, ``name`` or ``type``); the LR schedule is
+#: a LambdaLR built in code. Anything else in a checkpoint is refused by :func:`load_checkpoint`.
+ALLOWED_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many optimiser steps in a row had a non-finite loss or gradient (``max_bad_steps``)."""
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The 32-bit seed of the global RNGs (torch, numpy, random) for one epoch on one rank."""
+    return int.from_bytes(hashlib.sha256(f"asr-epoch:{seed}:{epoch}:{rank}".encode()).digest()[:4], "little")
 
 
 class ASRLightningModule(L.LightningModule):
@@ -36,10 +55,21 @@ class ASRLightningModule(L.LightningModule):
         For alignment plots.
     augment_cfg : dict, optional
         SpecAugment arguments (``conf/augment``); None or empty = no augmentation.
+    seed : int
+        Base seed: at every epoch start torch, numpy and random are reseeded from ``(seed, epoch, rank)``
+        (SpecAugment masks, dropout), so a run resumed at an epoch boundary repeats an uninterrupted run.
+    max_bad_steps : int
+        Optimiser steps with a non-finite loss or gradient are skipped (weights and optimiser state
+        untouched) and counted (``train/skipped_steps``); this many in a row stop training with
+        :class:`TrainingDivergedError`. 0 = never stop.
     """
 
-    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01, augment_cfg: dict | None = None) -> None:
+    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01, augment_cfg: dict | None = None, seed: int = 0, max_bad_steps: int = 20) -> None:
         super().__init__()
+        self.seed, self.max_bad_steps = int(seed), int(max_bad_steps)
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, in all
+        self._bad_in_a_row = 0
+        self._bad_reason: str | None = None  # set by training_step, consumed by on_before_optimizer_step
         from asr.features.specaug import SpecAugment
 
         # Applied after CMVN, in training_step only; not part of the model (decoding never needs it).
@@ -63,17 +93,50 @@ class ASRLightningModule(L.LightningModule):
             "feat_dim": self.feat_dim,
             "frame_shift_s": self.frame_shift_s,
         }
+        checkpoint["asr_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("asr_skipped_steps", 0))
 
     # ---- steps --------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """SpecAugment (if on), teacher-forced loss; logs train/loss, train/acc, train/att_loss, train/ctc_loss, lr."""
+    def on_train_epoch_start(self) -> None:
+        """Give the batch sampler the epoch (Lightning only does this for samplers, not batch samplers)."""
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """At an epoch's first batch, reseed torch, numpy and random from ``(seed, epoch, rank)``.
+
+        Lightning saves ``last.ckpt`` at epoch ends and a resumed run re-runs the interrupted epoch from its
+        start; with these seeds (and the sampler's and dataset's own ``(seed, epoch)``-keyed draws) that epoch
+        sees the same batches, speed variants, SpecAugment masks and dropout as without the crash. Not done
+        in ``on_train_epoch_start``: creating the DataLoader iterator draws from torch's global RNG, after
+        that hook in an uninterrupted run but before it in a resumed one.
+        """
+        if batch_idx == 0:
+            s = epoch_seed(self.seed, self.current_epoch, self.global_rank)
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)  # also every CUDA device
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        """SpecAugment (if on), teacher-forced loss; logs train/loss, train/acc, train/att_loss, train/ctc_loss, lr.
+
+        A non-finite loss returns None (single process: Lightning then skips backward and the update; under
+        DDP the loss is still returned so that every rank runs backward, and the update is skipped on all
+        ranks in :meth:`on_before_optimizer_step`).
+        """
         feats = batch.feats
         if self.specaug is not None:
             # mask normalised features so a masked value is the global mean; the model's CMVN is then undone
             cmvn = self.model.cmvn
-            feats = self.specaug(cmvn(feats)) / cmvn.istd + cmvn.mean
+            feats = self.specaug(cmvn(feats), batch.feat_lens) / cmvn.istd + cmvn.mean
         out = self.model(feats, batch.feat_lens, batch.tokens, batch.token_lens)
         bs = len(batch.ids)
+        if not torch.isfinite(out["loss"]).all():
+            self._bad_reason = f"non-finite loss ({out['loss'].item()})"
+            return out["loss"] if self.trainer.world_size > 1 else None
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/acc", out["acc"], batch_size=bs)
         self.log("train/att_loss", out["att_loss"], batch_size=bs)
@@ -81,6 +144,38 @@ class ASRLightningModule(L.LightningModule):
             self.log("train/ctc_loss", out["ctc_loss"], batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update when the loss or any gradient is non-finite (all gradients set to None, so the
+        optimiser leaves weights and state alone), count it, and stop after ``max_bad_steps`` in a row.
+
+        Raises
+        ------
+        TrainingDivergedError
+            ``max_bad_steps`` consecutive skipped steps (the message names the count and the setting).
+        """
+        reason, self._bad_reason = self._bad_reason, None
+        params = [p for p in self.parameters() if p.grad is not None]
+        if reason is None and params and not bool(torch.stack([p.grad.isfinite().all() for p in params]).all()):
+            reason = "non-finite gradient"
+        bad = self.trainer.strategy.reduce_boolean_decision(reason is not None, all=False)  # any rank
+        if not bad:
+            self._bad_in_a_row = 0
+            return
+        for p in self.parameters():
+            p.grad = None
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        log.warning("step %d skipped: %s (%d in a row, %d in all)", self.global_step, reason or "non-finite loss or gradient on another rank", self._bad_in_a_row, self.skipped_steps)
+        if self.max_bad_steps > 0 and self._bad_in_a_row >= self.max_bad_steps:
+            raise TrainingDivergedError(
+                f"training stopped at step {self.global_step}: {self._bad_in_a_row} optimiser steps in a row had a "
+                f"non-finite loss or gradient (max_bad_steps={self.max_bad_steps}; {self.skipped_steps} skipped in all). "
+                "Check the data and lower optim.lr, or raise max_bad_steps."
+            )
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch.ids))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Dev loss and token accuracy, plus greedy hypotheses collected for the corpus-level dev WER/CER."""
@@ -129,8 +224,23 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        """Adam with linear warm-up and cosine decay, stepped every optimiser step."""
+        """Adam with a learning-rate factor stepped every optimiser step; ``optim_cfg["schedule"]`` picks it.
+
+        ``cosine`` (default): linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at
+        the last step. ``noam`` (Vaswani et al. 2017, eq. 3, normalised so the peak is ``lr``):
+        ``min(n / warmup_steps, sqrt(warmup_steps / n))`` at optimiser step ``n = 1, 2, ...``: linear
+        warm-up to ``lr`` at ``n = warmup_steps``, then inverse square-root decay (``lr / 2`` at 4x warm-up);
+        ``min_lr_ratio`` is not used.
+
+        Raises
+        ------
+        ValueError
+            Unknown ``schedule``, or ``noam`` with ``warmup_steps < 1``.
+        """
         cfg = self.optim_cfg
+        schedule = str(cfg.get("schedule", "cosine"))
+        if schedule not in ("cosine", "noam"):
+            raise ValueError(f"unknown optim.schedule {schedule!r}; choose cosine or noam")
         opt = torch.optim.Adam(self.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(int(cfg.get("warmup_steps", 0)), total - 1)
@@ -143,7 +253,16 @@ class ASRLightningModule(L.LightningModule):
             p = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        noam_warmup = int(cfg.get("warmup_steps", 0))
+        if schedule == "noam" and noam_warmup < 1:
+            raise ValueError(f"optim.schedule=noam needs warmup_steps >= 1, got {noam_warmup}")
+
+        def noam(step: int) -> float:
+            """Peak 1 at step ``warmup - 1`` (the ``warmup``-th update), inverse square root after."""
+            n = step + 1
+            return min(n / noam_warmup, math.sqrt(noam_warmup / n))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, noam if schedule == "noam" else factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -161,7 +280,10 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> tuple[AttentionASRM
     FileNotFoundError
         No file at ``path``.
     ValueError
-        The file is not an ``asr`` checkpoint (no ``"asr"`` entry) or refuses to load safely.
+        The file is not an ``asr`` checkpoint (no ``"asr"`` entry) or refuses to load safely: it holds
+        pickled objects other than tensors and plain containers (nothing in it is run), its stored config
+        has a ``_target_`` key anywhere (the error names the key path), names an optimiser outside
+        :data:`ALLOWED_OPTIMIZERS`, or an unknown encoder/decoder/attention type.
     """
     from pathlib import Path
 
@@ -174,9 +296,34 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> tuple[AttentionASRM
     if ASR_KEY not in ckpt:
         raise ValueError(f"{path} is not an asr checkpoint (no '{ASR_KEY}' entry)")
     meta = ckpt[ASR_KEY]
+    check_stored_config(meta.get("model_cfg"), meta.get("optim_cfg"), str(path))
     tok = Tokenizer(meta["tokenizer_proto"])
     model = build_model(meta["model_cfg"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, meta.get("feat_dim", 80))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     model.eval()
     return model, tok, meta
+
+
+def check_stored_config(model_cfg: Any, optim_cfg: Any, where: str = "checkpoint") -> None:
+    """Refuse a stored config that asks for anything beyond the registries and the optimiser allow-list.
+
+    Raises
+    ------
+    ValueError
+        ``model_cfg`` is not a mapping, either config has a ``_target_`` key (named with its path), or the
+        optimiser named in ``optim_cfg`` (``optimizer``/``name``/``type``) is not in :data:`ALLOWED_OPTIMIZERS`.
+    """
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"refusing {where}: stored model config is {type(model_cfg).__name__}, not a mapping")
+    reject_target_keys(model_cfg, "model", where)
+    if optim_cfg is None:
+        return
+    if not isinstance(optim_cfg, dict):
+        raise ValueError(f"refusing {where}: stored optim config is {type(optim_cfg).__name__}, not a mapping")
+    reject_target_keys(optim_cfg, "optim", where)
+    for key in ("optimizer", "name", "type"):
+        if key in optim_cfg:
+            name = str(optim_cfg[key]).lower().removeprefix("torch.optim.")
+            if name not in ALLOWED_OPTIMIZERS:
+                raise ValueError(f"refusing {where}: optim.{key}={optim_cfg[key]!r} is not an allowed optimiser ({sorted(ALLOWED_OPTIMIZERS)})")

@@ -375,20 +375,26 @@ def read_trn(path: str | Path) -> dict[str, str]:
     Raises
     ------
     ValueError
-        If a non-blank line does not end in ``(utt_id)``, or an id repeats; the message names the
-        file and the 1-based line number.
+        If a non-blank line is not valid UTF-8, does not end in ``(utt_id)``, or an id repeats; the
+        message names the file and the 1-based line number. (A missing file raises ``OSError``.) No
+        other exception is raised for any file content; trailing spaces, tabs and ``\r`` are ignored.
     """
     path = Path(path)
     out: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            m = _TRN_LINE.match(line.rstrip("\r\n"))
-            if m is None:
-                raise ValueError(f"{path}:{lineno}: trn line has no '(utt_id)' at the end: {line.rstrip()!r}")
-            uid = m.group("id").strip()
-            if uid in out:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance id {uid!r}")
-            out[uid] = normalize_whitespace(m.group("text"))
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path}:{lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+            ) from None
+        if not line.strip():
+            continue
+        m = _TRN_LINE.match(line.rstrip("\r\n"))
+        if m is None:
+            raise ValueError(f"{path}:{lineno}: trn line has no '(utt_id)' at the end: {line.rstrip()!r}")
+        uid = m.group("id").strip()
+        if uid in out:
+            raise ValueError(f"{path}:{lineno}: duplicate utterance id {uid!r}")
+        out[uid] = normalize_whitespace(m.group("text"))
     return out

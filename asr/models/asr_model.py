@@ -11,12 +11,14 @@ from torch import Tensor, nn
 from asr.features.fbank import GlobalCMVN
 from asr.models.attention import build_attention
 from asr.models.decoders.rnn import RNNAttentionDecoder
+from asr.models.decoders.transformer import TransformerDecoder
 from asr.models.encoders.pblstm import PyramidalBLSTMEncoder, make_pad_mask
+from asr.models.encoders.transformer import TransformerEncoder
 
 #: Encoder and decoder families by config name. A name registry, not Hydra ``_target_`` paths, so that a
 #: model config read back from a checkpoint can only ever build these classes.
-ENCODERS = {"pblstm": PyramidalBLSTMEncoder}
-DECODERS = {"rnn": RNNAttentionDecoder}
+ENCODERS = {"pblstm": PyramidalBLSTMEncoder, "transformer": TransformerEncoder}
+DECODERS = {"rnn": RNNAttentionDecoder, "transformer": TransformerDecoder}
 
 
 class AttentionASRModel(nn.Module):
@@ -27,7 +29,9 @@ class AttentionASRModel(nn.Module):
     cmvn : GlobalCMVN
     encoder : nn.Module
         ``forward(xs (B, T, F), xs_lens) -> (hs (B, S, D), hs_lens)`` with attribute ``subsampling_factor``.
-    decoder : RNNAttentionDecoder
+    decoder : RNNAttentionDecoder or TransformerDecoder
+        Any decoder with the interface of `asr.decoding.search` (``vocab_size``, ``memory``, ``init_state``,
+        ``step``, teacher-forced ``forward(hs, hs_lens, ys_in) -> (logits, weights)``).
     sos_id, eos_id, pad_id : int
         Special ids from the tokenizer.
     label_smoothing : float
@@ -43,7 +47,7 @@ class AttentionASRModel(nn.Module):
         self,
         cmvn: GlobalCMVN,
         encoder: nn.Module,
-        decoder: RNNAttentionDecoder,
+        decoder: RNNAttentionDecoder | TransformerDecoder,
         sos_id: int,
         eos_id: int,
         pad_id: int,
@@ -110,6 +114,27 @@ class AttentionASRModel(nn.Module):
         return {"loss": loss, "att_loss": att_loss, "ctc_loss": ctc_loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
 
 
+def reject_target_keys(cfg: Any, path: str = "model", where: str = "config") -> None:
+    """Refuse any Hydra ``_target_`` key anywhere in ``cfg`` (nested mappings and lists included).
+
+    Models are built from the type-name registries only; a ``_target_`` (e.g. ``os.system``) in a config
+    read back from a checkpoint is refused, never instantiated.
+
+    Raises
+    ------
+    ValueError
+        Naming the key path, e.g. ``model.encoder._target_``.
+    """
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            if k == "_target_":
+                raise ValueError(f"refusing {where}: '{path}._target_' ({v!r}) is not allowed; model parts are chosen by 'type' from the registries")
+            reject_target_keys(v, f"{path}.{k}", where)
+    elif isinstance(cfg, (list, tuple)):
+        for i, v in enumerate(cfg):
+            reject_target_keys(v, f"{path}[{i}]", where)
+
+
 def build_model(
     cfg: Mapping[str, Any],
     vocab_size: int,
@@ -121,14 +146,18 @@ def build_model(
 ) -> AttentionASRModel:
     """Build a model from a plain config mapping (the ``model`` group of the Hydra config).
 
-    ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments),
-    ``decoder`` (``type`` + arguments), ``label_smoothing`` and ``ctc_weight``.
+    ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments; used
+    only by decoders that take a scorer, i.e. ``rnn``), ``decoder`` (``type`` + arguments),
+    ``label_smoothing`` and ``ctc_weight``. Types: the keys of ``ENCODERS``, ``DECODERS`` and
+    ``asr.models.attention.ATTENTION_TYPES``.
 
     Raises
     ------
     ValueError
-        Unknown encoder/decoder/attention type.
+        Unknown encoder/decoder/attention type, or a ``_target_`` key anywhere in ``cfg`` (the message
+        names the key path).
     """
+    reject_target_keys(cfg, "model")
     enc_cfg = dict(cfg["encoder"])
     enc_type = enc_cfg.pop("type")
     if enc_type not in ENCODERS:
@@ -138,11 +167,14 @@ def build_model(
     dec_type = dec_cfg.pop("type")
     if dec_type not in DECODERS:
         raise ValueError(f"unknown decoder type {dec_type!r}; choose one of {sorted(DECODERS)}")
-    att_cfg = dict(cfg["attention"])
-    attention = build_attention(
-        att_cfg.pop("type"), query_dim=dec_cfg.get("hidden_size", 256), key_dim=encoder.output_dim, **att_cfg
-    )
-    decoder = DECODERS[dec_type](vocab_size=vocab_size, enc_dim=encoder.output_dim, attention=attention, **dec_cfg)
+    if getattr(DECODERS[dec_type], "needs_attention", True):
+        # the RNN decoder takes a scorer from cfg["attention"]; the Transformer decoder has its own
+        # multi-head attention and ignores that group
+        att_cfg = dict(cfg["attention"])
+        dec_cfg["attention"] = build_attention(
+            att_cfg.pop("type"), query_dim=dec_cfg.get("hidden_size", 256), key_dim=encoder.output_dim, **att_cfg
+        )
+    decoder = DECODERS[dec_type](vocab_size=vocab_size, enc_dim=encoder.output_dim, **dec_cfg)
     return AttentionASRModel(
         cmvn if cmvn is not None else GlobalCMVN.identity(feat_dim),
         encoder,

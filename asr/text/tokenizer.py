@@ -114,8 +114,30 @@ class Tokenizer:
         return self.sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no sos/eos). Unknown characters map to ``unk_id``."""
-        return self.sp.encode(text.strip(), out_type=int)
+        """Token ids of ``text`` (no sos/eos).
+
+        Whitespace is normalised first (ends stripped, runs of spaces/tabs collapsed to one space), so
+        ``"A B\t "`` encodes like ``"A B"``; an empty text gives ``[]``. Characters the model has never
+        seen map to ``unk_id`` (a run of them to one ``unk_id``); :meth:`unknown_chars` lists them.
+        """
+        return self.sp.encode(" ".join(text.split()), out_type=int)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """The characters of ``text`` that :meth:`encode` maps to ``unk_id``, in order, with repeats.
+
+        Whitespace is never unknown. Example: a char model trained on upper-case AN4 text gives
+        ``["é"]`` for ``"CAFé"``.
+        """
+        cache = self.__dict__.setdefault("_unk_cache", {})
+        out = []
+        for c in text:
+            if c.isspace():
+                continue
+            if c not in cache:
+                cache[c] = self.unk_id in self.sp.encode(c, out_type=int)
+            if cache[c]:
+                out.append(c)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``; special ids (pad, sos, eos) are dropped."""

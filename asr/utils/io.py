@@ -53,3 +53,19 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Remove the temporary files :func:`atomic_open` leaves in ``directory`` when a process is killed.
+
+    Only names of its pattern (``.<name>.<random>.tmp``) are touched; call it when no writer is running.
+    Returns the removed paths.
+    """
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for p in directory.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

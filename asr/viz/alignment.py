@@ -22,7 +22,7 @@ import matplotlib.image
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["alignment_figure", "plot_alignment", "plot_comparison", "utterance_title"]
+__all__ = ["alignment_figure", "plot_alignment", "plot_comparison", "head_grid_figure", "plot_head_grid", "utterance_title"]
 
 CMAP = "viridis"
 DPI = 120
@@ -209,6 +209,87 @@ def plot_comparison(
     fig.colorbar(im, ax=list(axes), label="attention weight", pad=0.01)
     if suptitle:
         fig.suptitle(_wrap(suptitle), fontsize=9, x=0.01, horizontalalignment="left")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI)
+    return out_path
+
+
+def head_grid_figure(
+    weights: np.ndarray,
+    tokens: Sequence[str],
+    frame_shift_s: float = 0.01,
+    subsampling: int = 1,
+    title: str = "",
+) -> Figure:
+    """Grid of multi-head cross-attention maps: one row per decoder layer, one column per head, plus a last
+    column with the head average of that layer (the map `alignment_figure` shows for the last layer).
+
+    Parameters
+    ----------
+    weights : ndarray, shape (L, H, U, S)
+        Cross-attention weights of L layers x H heads (e.g. ``TransformerDecoder.cross_attention`` of one
+        utterance), row ``u`` = decoder step, column ``s`` = encoder frame.
+    tokens : list of str, length U
+        Row labels (y axis of the first column).
+    frame_shift_s, subsampling : float, int
+        As in `alignment_figure`: the x axis is time in seconds, ``0 .. S * frame_shift_s * subsampling``.
+    title : str
+        Figure title (wrapped).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``L x (H + 1)`` heat maps sharing one time axis and one colour scale (0 .. max weight) with one
+        colorbar; panel titles ``"layer l head h"`` / ``"layer l mean"`` (1-based).
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is not 4-D, has no frames, or ``len(tokens) != U``.
+    """
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim != 4:
+        raise ValueError(f"head-grid weights must be 4-D (layers, heads, U, S), got shape {w.shape}")
+    n_layers, n_heads, _, _ = w.shape
+    _check(w[0, 0], tokens)
+    spf = frame_shift_s * subsampling
+    vmax = max(float(w.max()), 1e-6)
+    u = w.shape[2]
+    panel_h = float(np.clip(0.8 + 0.12 * u, 1.6, 5.0))
+    fig = Figure(figsize=(3.0 * (n_heads + 1) + 1.0, panel_h * n_layers + 0.4 + 0.2 * (title.count("\n") + 1 if title else 0)), layout="constrained")
+    axes = fig.subplots(n_layers, n_heads + 1, sharex=True, sharey=True, squeeze=False)
+    im = None
+    for layer in range(n_layers):
+        maps = [w[layer, h] for h in range(n_heads)] + [w[layer].mean(0)]
+        for col, m in enumerate(maps):
+            ax = axes[layer, col]
+            im = _draw(ax, m, tokens, spf, vmax=vmax)
+            name = f"head {col + 1}" if col < n_heads else "mean"
+            ax.set_title(f"layer {layer + 1} {name}", fontsize=8)
+            if col:
+                ax.set_ylabel("")
+            if layer == n_layers - 1:
+                ax.set_xlabel("time (s)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="attention weight", pad=0.01)
+    if title:
+        fig.suptitle(_wrap(title), fontsize=9, x=0.01, horizontalalignment="left")
+    return fig
+
+
+def plot_head_grid(
+    weights: np.ndarray,
+    tokens: Sequence[str],
+    out_path: str | Path,
+    frame_shift_s: float = 0.01,
+    subsampling: int = 1,
+    title: str = "",
+) -> Path:
+    """Save `head_grid_figure` as a PNG (dpi 120) at ``out_path`` (parents created); returns the path.
+
+    Raises ``ValueError`` as `head_grid_figure`.
+    """
+    fig = head_grid_figure(weights, tokens, frame_shift_s, subsampling, title)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=DPI)

@@ -1,0 +1,289 @@
+"""Surviving crashes: atomic checkpoints, SIGKILL + resume = uninterrupted run, NaN/Inf steps skipped and capped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train import TINY, _cfg
+
+# 6 training utterances, batch 2 -> 3 optimiser steps per epoch. Dropout, SpecAugment and speed
+# perturbation (the fixture has the 0.9/1.1 dumps) stay on: every random draw must survive a resume.
+RUN = [*TINY, "data.batch_size=2", "threads=1", "deterministic=true", "keep_checkpoints=0", "optim.warmup_steps=2"]
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _module_checkpoint(root: Path) -> dict:
+    """A small but complete asr checkpoint (what Lightning writes, less the loop state), without training."""
+    from omegaconf import OmegaConf
+
+    from asr.lightning.module import ASRLightningModule
+    from asr.text.tokenizer import Tokenizer
+
+    cfg = _cfg(root, root / "unused", TINY)
+    tok = Tokenizer.from_file(str(root / "data/token/char.model"))
+    module = ASRLightningModule(OmegaConf.to_container(cfg.model, resolve=True), tok, OmegaConf.to_container(cfg.optim, resolve=True))
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
+    module.on_save_checkpoint(ckpt)
+    return ckpt
+
+
+# ---- 1. atomic checkpoint writing -------------------------------------------------------------------
+@pytest.mark.parametrize("failure", ["torch.save raises half-way", "os.replace raises"])
+def test_interrupted_checkpoint_save_leaves_previous_checkpoint_usable(mini_an4, tmp_path, monkeypatch, failure):
+    from asr.lightning.module import load_checkpoint
+    from asr.utils.io import atomic_torch_save
+
+    old = _module_checkpoint(mini_an4)
+    path = tmp_path / "ckpts/last.ckpt"
+    atomic_torch_save(old, path)
+    new = {**old, "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in old["state_dict"].items()}, "epoch": 1}
+
+    if failure == "torch.save raises half-way":
+        def broken(obj, f, *a, **k):
+            f.write(b"PK\x03\x04 half a zip file")
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(torch, "save", broken)
+    else:
+        def broken(src, dst):
+            raise OSError("simulated crash before the rename")
+
+        monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        atomic_torch_save(new, path)
+    monkeypatch.undo()
+
+    model, _, meta = load_checkpoint(str(path))  # the survivor: the previous checkpoint, complete
+    assert meta["model_cfg"]["encoder"]["hidden_size"] == 32
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, old["state_dict"][f"model.{k}"]), k
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_sigkill_during_checkpoint_save_keeps_previous_and_stale_temp_is_removed(mini_an4, tmp_path):
+    """A real SIGKILL in the middle of torch.save: the old file survives; the orphaned temp is cleaned up later."""
+    from asr.lightning.module import load_checkpoint
+    from asr.utils.io import atomic_torch_save, remove_stale_temp_files
+
+    path = tmp_path / "ckpts/last.ckpt"
+    atomic_torch_save(_module_checkpoint(mini_an4), path)
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from asr.utils.io import atomic_torch_save
+        def dying_save(obj, f, *a, **k):
+            f.write(b"x" * 4096); f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        atomic_torch_save({{"state_dict": {{}}}}, {str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    load_checkpoint(str(path))
+    stale = [p for p in path.parent.iterdir() if p.name != "last.ckpt"]
+    assert len(stale) == 1 and stale[0].name.startswith(".last.ckpt.") and stale[0].suffix == ".tmp"
+    assert remove_stale_temp_files(path.parent) == stale  # what asr-train does at start-up
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+# ---- 2. SIGKILL mid-epoch, resume, same weights -----------------------------------------------------
+def test_speed_variant_and_batch_order_are_keyed_by_seed_and_epoch(mini_an4):
+    from asr.data.dataset import LengthBucketBatchSampler, load_split
+    from asr.text.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(str(mini_an4 / "data/token/char.model"))
+
+    def ds():
+        d = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok, speeds=[0.9, 1.0, 1.1])
+        d.seed = 7
+        return d
+
+    a, b = ds(), ds()
+    import random
+
+    random.seed(123)  # the global RNG plays no part
+    draws = {e: [a.variant(i, e) for i in range(len(a))] for e in range(4)}
+    random.seed(456)
+    assert draws == {e: [b.variant(i, e) for i in range(len(b))] for e in range(4)}
+    assert len({tuple(v) for v in draws.values()}) > 1  # a new draw every epoch
+    for i in range(len(a)):
+        assert torch.equal(a[(i, 3)][1], b[(i, 3)][1])
+
+    s = LengthBucketBatchSampler(list(range(10, 30)), 2, seed=1)
+    orders = []
+    for e in range(3):
+        s.set_epoch(e)
+        orders.append(list(s))
+    assert orders[0] != orders[1] and all(ep == e for e, o in enumerate(orders) for b_ in o for _, ep in b_)
+    s.set_epoch(1)
+    assert list(s) == orders[1]
+
+
+KILLER = """
+import os, signal, sys
+from asr.lightning.module import ASRLightningModule
+
+KILL_AT = int(sys.argv.pop(1))
+
+_orig = ASRLightningModule.on_train_batch_start
+
+def on_train_batch_start(self, batch, batch_idx):
+    _orig(self, batch, batch_idx)
+    if self.global_step == KILL_AT:
+        sys.stdout.write(f"KILL epoch={self.current_epoch} step={self.global_step}\\n"); sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ASRLightningModule.on_train_batch_start = on_train_batch_start
+from asr.cli.train import main
+main()
+"""
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_path):
+    """asr-train killed with SIGKILL inside epoch 2 (step 7 of 9), resumed with ckpt_path=last: same final weights.
+
+    Lightning semantics this relies on (checked here): last.ckpt is written at every epoch end (so at the
+    kill it holds epoch 1, step 6) and a resumed run re-runs the interrupted epoch from its start.
+    """
+    from asr.cli.train import train
+
+    from asr.lightning.module import ASRLightningModule
+
+    ref_exp, exp = tmp_path / "ref", tmp_path / "killed"
+    seen = []
+    orig_start = ASRLightningModule.on_train_batch_start
+
+    def start(self, batch, batch_idx):
+        orig_start(self, batch, batch_idx)
+        seen.append((self.current_epoch, self.trainer.train_dataloader.batch_sampler.epoch))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ASRLightningModule, "on_train_batch_start", start)
+        train(_cfg(mini_an4, ref_exp, [*RUN, "trainer.max_epochs=3"]))
+    assert all(e == sampler_epoch for e, sampler_epoch in seen) and len(seen) == 9  # a new batch order every epoch
+    ref = _ckpt(ref_exp / "checkpoints/last.ckpt")
+    assert ref["epoch"] == 2 and ref["global_step"] == 9  # last.ckpt = the final epoch, improved dev WER or not
+
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    args = [f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}", "tokenizer=char", f"exp_dir={exp}", *RUN, "trainer.max_epochs=3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "7", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert "KILL epoch=2 step=7" in proc.stdout
+    at_kill = _ckpt(exp / "checkpoints/last.ckpt")
+    assert at_kill["epoch"] == 1 and at_kill["global_step"] == 6  # the end of epoch 1, not mid-epoch
+
+    summary = train(_cfg(mini_an4, exp, [*RUN, "trainer.max_epochs=3", "ckpt_path=last"]))
+    assert summary["epochs"] == 3
+    got = _ckpt(exp / "checkpoints/last.ckpt")
+    assert got["global_step"] == 9  # epoch 2 re-run from its start: 3 more steps, not 2
+    assert got["state_dict"].keys() == ref["state_dict"].keys()
+    for k, v in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    for a, b in zip(got["optimizer_states"][0]["state"].values(), ref["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=1e-5, atol=1e-6)
+
+
+# ---- 3. NaN / Inf steps -----------------------------------------------------------------------------
+def _poison(monkeypatch, bad_calls: set[int] | None, how: str = "loss"):
+    """Make the model's training forward return a NaN loss (or a finite loss with NaN gradients) on the
+    given 0-based training calls (None = every call)."""
+    from asr.models.asr_model import AttentionASRModel
+
+    orig = AttentionASRModel.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        if self.training:
+            n = calls["n"]
+            calls["n"] += 1
+            if bad_calls is None or n in bad_calls:
+                if how == "loss":
+                    out["loss"] = out["loss"] * float("nan")
+                else:
+                    out["loss"].register_hook(lambda g: g * float("inf"))
+        return out
+
+    monkeypatch.setattr(AttentionASRModel, "forward", forward)
+
+
+def _record_weights(monkeypatch):
+    """Snapshots of the model weights before and after every training batch: {batch: (before, after)}."""
+    from asr.lightning.module import ASRLightningModule
+
+    snaps: dict[int, list] = {}
+    orig_start, orig_end = ASRLightningModule.on_train_batch_start, ASRLightningModule.on_train_batch_end
+
+    def start(self, batch, batch_idx):
+        orig_start(self, batch, batch_idx)
+        snaps[self.global_step] = [{k: v.detach().clone() for k, v in self.model.state_dict().items()}]
+
+    def end(self, outputs, batch, batch_idx):
+        snaps[self.global_step - 1].append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        orig_end(self, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(ASRLightningModule, "on_train_batch_start", start)
+    monkeypatch.setattr(ASRLightningModule, "on_train_batch_end", end)
+    return snaps
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("how", ["loss", "gradient"])
+def test_non_finite_steps_are_skipped_and_counted(mini_an4, tmp_path, monkeypatch, how):
+    from asr.cli.train import train
+
+    _poison(monkeypatch, {1, 2}, how)  # steps 1 and 2 of 6 (batch 1): two bad steps in a row < max_bad_steps=3
+    snaps = _record_weights(monkeypatch)
+    exp = tmp_path / "exp"
+    summary = train(_cfg(mini_an4, exp, [*TINY, "data.batch_size=1", "trainer.max_epochs=1", "max_bad_steps=3", "keep_checkpoints=0", "augment=none"]))
+    assert summary["epochs"] == 1
+    assert sorted(snaps) == [0, 1, 2, 3, 4, 5]
+    for step, (before, after) in snaps.items():
+        assert _same(before, after) == (step in (1, 2)), step  # weights untouched exactly over the skipped steps
+    last = _ckpt(exp / "checkpoints/last.ckpt")
+    assert last["asr_skipped_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    # Adam took 4 updates, not 6: the skipped steps left the optimiser state alone as well
+    assert {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()} == {4}
+    import csv
+
+    rows = list(csv.DictReader((exp / "csv/metrics.csv").open()))
+    skipped = [float(r["train/skipped_steps"]) for r in rows if r.get("train/skipped_steps")]
+    assert skipped == [0.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_training_stops_after_max_bad_steps_in_a_row(mini_an4, tmp_path, monkeypatch):
+    from asr.cli.train import train
+    from asr.lightning.module import TrainingDivergedError
+
+    _poison(monkeypatch, None)
+    with pytest.raises(TrainingDivergedError, match=r"3 optimiser steps in a row .*non-finite.*max_bad_steps=3") as e:
+        train(_cfg(mini_an4, tmp_path / "exp", [*TINY, "data.batch_size=1", "trainer.max_epochs=2", "max_bad_steps=3", "keep_checkpoints=0"]))
+    assert "3 skipped in all" in str(e.value)
+
+
+def test_bad_steps_counter_resets_after_a_good_step(mini_an4, tmp_path, monkeypatch):
+    """Bad steps that are not consecutive never stop training, however many there are."""
+    from asr.cli.train import train
+
+    _poison(monkeypatch, {0, 1, 3, 4})  # 2 in a row, a good one, 2 in a row; max_bad_steps=3
+    exp = tmp_path / "exp"
+    train(_cfg(mini_an4, exp, [*TINY, "data.batch_size=1", "trainer.max_epochs=1", "max_bad_steps=3", "keep_checkpoints=0"]))
+    assert _ckpt(exp / "checkpoints/last.ckpt")["asr_skipped_steps"] == 4
