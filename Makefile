@@ -9,7 +9,7 @@ EXPERIMENT ?= an4/location_aware
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 
-.PHONY: venv test test-all smoke an4 an4-all results clean
+.PHONY: venv test test-all smoke an4 an4-all an4-transformer results clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,17 @@ an4: venv
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment $(EXPERIMENT) --beam_size $(BEAM)
 
 # All five scorers, one after the other (stages 1-3 run once), then the results table.
+# (an4-transformer: the Transformer + CTC experiment of conf/experiment/an4/transformer_ctc.yaml.)
+an4-transformer: venv
+	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment an4/transformer_ctc --beam_size $(BEAM)
+
 an4-all: venv
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --stop_stage 3
 	for s in $(SCORERS); do recipes/an4/run.sh --stage 4 --experiment an4/$$s --beam_size $(BEAM) || exit 1; done
 	$(MAKE) --no-print-directory results
 
 results: venv
-	$(BIN)/python scripts/results_table.py recipes/an4/exp --beam $(BEAM)
+	$(BIN)/python scripts/results_table.py recipes/an4/exp
 
 clean:
 	rm -rf $(VENV) recipes/an4/data recipes/an4/dump recipes/an4/exp

@@ -126,7 +126,9 @@ fi
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     test_dir="${exp_dir}/decode_test_${dtag}"
     log "stage 7: alignment plots -> ${test_dir}/plots"
-    asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3
+    heads=()  # Transformer decoder: also every layer's and head's cross-attention (<utt>_heads.png)
+    grep -q '"decoder": "transformer"' "${test_dir}/meta.json" && heads=(heads=true feats=dump/test/feats.pt)
+    asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3 "${heads[@]}"
     # One figure comparing every scorer trained so far on the same test utterance.
     mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_"${dtag}" 2>/dev/null | grep -v _smoke || true)
     if [ -z "${tag}" ] && [ "${#others[@]}" -ge 2 ]; then
