@@ -60,7 +60,9 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None
     else:  # the scorer experiments: an4/<scorer>[_reg]
         assert cfg.name == f"an4_pblstm_{experiment}"
-        assert cfg.model.attention.type == experiment.removesuffix("_reg")
+        assert cfg.model.attention.type == experiment.removesuffix("_reg").removesuffix("_noaug")
+        if experiment.endswith("_noaug"):  # the augmentation ablation: no SpecAugment, no speed perturbation
+            assert not cfg.augment and list(cfg.data.speed_perturb) == []
         assert model.subsampling_factor == 8
     if trainer == "ddp":
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
