@@ -76,14 +76,16 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             base = experiment.replace("/", "_")
             if not base.startswith(("an4_pblstm_", "an4_transformer_")):
                 base = base.replace("an4_", "an4_pblstm_", 1)
+            label = experiment
             if exp.name != base and exp.name.startswith(base):
                 cmd += f" --tag {exp.name[len(base):]}"
+                label += f" --tag {exp.name[len(base):]}"
             if targs:
                 cmd += f' --train_args "{targs}"'
             if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
                 cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
             out.append(
-                f"| {model} | {experiment} | {_decoding(setting, meta)} | {f(dev, 'wer')} | {f(dev, 'cer')} | "
+                f"| {model} | {label} | {_decoding(setting, meta)} | {f(dev, 'wer')} | {f(dev, 'cer')} | "
                 f"{f(test, 'wer')} | {f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {s['epochs']} | "
                 f"{s['train_wall_s'] / 60:.1f} min | {s['machine']} | {meta['rtf']:.3f} | `{cmd}` |"
             )

@@ -124,6 +124,18 @@ def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=2", "data.batch_size=3", "ckpt_path=last"]))
     second = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
     assert summary["epochs"] == 2 and second["global_step"] == 4  # continued, not restarted
+    # training time adds up over the two runs; the epoch checkpoints of both runs are kept and average into a
+    # checkpoint asr-decode loads
+    assert summary["train_wall_s"] > summary["last_run_wall_s"] > 0
+    from asr.cli.average import average_checkpoints, find_epoch_checkpoints
+    from asr.lightning.module import load_checkpoint
+
+    kept = find_epoch_checkpoints(exp)
+    assert [p.name for p in kept] == ["epoch000.ckpt", "epoch001.ckpt"]
+    average_checkpoints(kept, exp / "checkpoints/avg2.ckpt")
+    model, _, _ = load_checkpoint(str(exp / "checkpoints/avg2.ckpt"))
+    w = [torch.load(p, weights_only=True)["state_dict"]["model.decoder.output.weight"] for p in kept]
+    torch.testing.assert_close(model.decoder.output.weight, (w[0] + w[1]) / 2)
 
 
 def test_ddp_two_cpu_processes(mini_an4, tmp_path):

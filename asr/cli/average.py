@@ -5,9 +5,9 @@
     asr-average 'ckpts=[a.ckpt,b.ckpt]' out=avg.ckpt
 
 Checkpoint averaging (Vaswani et al. 2017, section 6.1; ESPnet's ``average_checkpoints``): the element-wise mean
-of the floating-point model weights of N checkpoints of one run, usually the N best epochs by dev loss or the last
+of the floating-point model weights of N checkpoints of one run, usually the N best epochs by dev accuracy or the last
 N. Training keeps them as ``checkpoints/epochNNN.ckpt`` (``keep_checkpoints``/``keep_checkpoints_by`` in
-conf/train.yaml: best by dev loss, by dev WER, or the last N); which N were kept is the training's choice, so this
+conf/train.yaml: best by dev accuracy, dev loss or dev WER, or the last N); which N were kept is the training's choice, so this
 tool averages what it finds (or the N best by the metric stored in each checkpoint). The output is a normal
 checkpoint (the ``asr`` entry of the first input plus the averaged ``state_dict``) that ``asr-decode`` loads.
 """

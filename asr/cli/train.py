@@ -139,14 +139,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [best_cb, LearningRateMonitor("epoch"), clock]
     keep = int(cfg.get("keep_checkpoints", 0))
     if keep > 0:
-        # The N best epochs by dev loss or dev WER, or the last N ("step"), kept for checkpoint averaging
+        # The N best epochs by dev token accuracy (ESPnet's criterion), dev loss or dev WER, or the last N ("step"),
+        # kept for checkpoint averaging
         # (asr-average); named by epoch.
-        monitor = str(cfg.get("keep_checkpoints_by", "dev/loss"))
-        if monitor not in ("dev/loss", "dev/wer", "step"):
-            raise ValueError(f"keep_checkpoints_by must be dev/loss, dev/wer or step, got {monitor!r}")
+        monitor = str(cfg.get("keep_checkpoints_by", "dev/acc"))
+        if monitor not in ("dev/acc", "dev/loss", "dev/wer", "step"):
+            raise ValueError(f"keep_checkpoints_by must be dev/acc, dev/loss, dev/wer or step, got {monitor!r}")
         callbacks.append(
             ModelCheckpoint(
-                dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor=monitor, mode="max" if monitor == "step" else "min",
+                dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor=monitor, mode="max" if monitor in ("step", "dev/acc") else "min",
                 save_top_k=keep, auto_insert_metric_name=False, enable_version_counter=False,
             )
         )
