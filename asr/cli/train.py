@@ -47,6 +47,7 @@ class WallClock(Callback):
 
     @property
     def elapsed(self) -> float:
+        """Seconds of training so far, earlier runs included."""
         return self.before + time.time() - self.start
 
     def on_fit_start(self, trainer, pl_module) -> None:

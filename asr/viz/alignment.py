@@ -138,6 +138,14 @@ def alignment_figure(
     return fig
 
 
+def _save_png(fig: Figure, out_path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (``DPI``) at ``out_path``, creating parent folders; returns the path."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI)
+    return out_path
+
+
 def plot_alignment(
     weights: np.ndarray,
     tokens: Sequence[str],
@@ -151,10 +159,7 @@ def plot_alignment(
     Returns the path written. Raises ``ValueError`` as `alignment_figure`.
     """
     fig = alignment_figure(weights, tokens, frame_shift_s, subsampling, title)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=DPI)
-    return out_path
+    return _save_png(fig, out_path)
 
 
 def plot_comparison(
@@ -209,10 +214,7 @@ def plot_comparison(
     fig.colorbar(im, ax=list(axes), label="attention weight", pad=0.01)
     if suptitle:
         fig.suptitle(_wrap(suptitle), fontsize=9, x=0.01, horizontalalignment="left")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=DPI)
-    return out_path
+    return _save_png(fig, out_path)
 
 
 def head_grid_figure(
@@ -290,7 +292,4 @@ def plot_head_grid(
     Raises ``ValueError`` as `head_grid_figure`.
     """
     fig = head_grid_figure(weights, tokens, frame_shift_s, subsampling, title)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=DPI)
-    return out_path
+    return _save_png(fig, out_path)
