@@ -20,6 +20,7 @@ run. The final files are written once, at the end, after which the partial files
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -125,11 +126,7 @@ def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
         "version": _PARTIAL_VERSION,
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "checkpoint_sha256": _file_sha256(cfg.ckpt),
-        "beam_size": opts.beam_size,
-        "max_len_ratio": opts.max_len_ratio,
-        "min_len": opts.min_len,
-        "length_penalty": opts.length_penalty,
-        "ctc_weight": opts.ctc_weight,
+        **dataclasses.asdict(opts),  # every search option
         **source,
     }
 
