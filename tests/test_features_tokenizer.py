@@ -56,6 +56,18 @@ def test_tokenizer_special_ids_and_round_trip(tmp_path):
         assert tok.unk_id in tok.encode("QZ")
 
 
+def test_tokenizer_decode_collapses_a_lone_word_boundary_piece(tmp_path):
+    """``▁H ▁ ▁O`` (a hypothesis the AN4 model produced) decodes to ``H O``, not ``H  O``."""
+    texts = ["H O U S E R", "N E I L", "ENTER ONE FORTY TWO"]
+    for kind, size in [("char", 0), ("bpe", 32)]:
+        tok = Tokenizer.train(texts, tmp_path / kind, kind, size)
+        pieces = ["\u2581H", "\u2581", "\u2581O"] if kind == "bpe" else ["\u2581", "H", "\u2581", "\u2581", "O"]
+        ids = [tok.sp.piece_to_id(p) for p in pieces]
+        assert tok.unk_id not in ids, (kind, tok.pieces(ids))
+        assert "  " in tok.sp.decode(ids)  # what sentencepiece itself gives
+        assert tok.decode(ids) == "H O"
+
+
 def test_tokenizer_file_missing_names_stage(tmp_path):
     import pytest
 

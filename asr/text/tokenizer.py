@@ -140,9 +140,14 @@ class Tokenizer:
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``; special ids (pad, sos, eos) are dropped."""
+        """Text of ``ids``; special ids (pad, sos, eos) are dropped, runs of spaces collapsed to one.
+
+        A hypothesis may hold a stand-alone word-boundary piece ``▁`` next to a word-initial one
+        (``▁H ▁ ▁O``), which sentencepiece decodes as two spaces (``"H  O"``); transcripts never hold
+        those, so they are collapsed here (scoring collapses them as well, ``asr.metrics.wer``).
+        """
         special = {self.pad_id, self.sos_id, self.eos_id}
-        return self.sp.decode([int(i) for i in ids if int(i) not in special])
+        return " ".join(self.sp.decode([int(i) for i in ids if int(i) not in special]).split())
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """Token strings of ``ids`` (for alignment plots)."""
