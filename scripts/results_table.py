@@ -47,7 +47,8 @@ def _decoding(setting: str, meta: dict) -> str:
     w = float(meta.get("ctc_weight", 0.0))
     how = "attention" if w == 0 else ("CTC greedy" if w == 1 and meta["beam_size"] == 1 else f"joint λ={w:g}")
     ckpt = Path(meta["checkpoint"]).stem
-    return f"{how}, beam {meta['beam_size']}, {ckpt}"
+    lp = float(meta.get("length_penalty", 0.5))
+    return f"{how}, beam {meta['beam_size']}{'' if lp == 0.5 else f', lp {lp:g}'}, {ckpt}"
 
 
 def rows(exp_root: Path, only: str | None = None) -> list[str]:
@@ -70,9 +71,15 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             experiment = _experiment(exp)
             f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
             targs = _train_args(exp)
-            m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_avg(\d+))?$", setting)
-            beam, ctc, avg = (m.group(1), m.group(2) or "0", m.group(3) or "0") if m else (meta["beam_size"], meta.get("ctc_weight", 0), 0)
+            m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_lp([\d.]+))?(?:_avg(\d+))?$", setting)
+            beam, ctc, lp, avg = (
+                (m.group(1), m.group(2) or "0", m.group(3), m.group(4) or "0")
+                if m
+                else (meta["beam_size"], meta.get("ctc_weight", 0), None, 0)
+            )
             cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
+            if lp is not None:
+                cmd += f" --length_penalty {lp}"
             base = experiment.replace("/", "_")
             if not base.startswith(("an4_pblstm_", "an4_transformer_")):
                 base = base.replace("an4_", "an4_pblstm_", 1)

@@ -25,6 +25,7 @@ beam_size=10
 ctc_weight=0.3         # joint CTC/attention decoding weight (0 = attention only; needs a CTC branch): ESPnet's an4
                        # setting. On train_dev the best of 0/0.3/0.5/0.7 was 0.7 for an4/location_aware and 0 (0.3 within
                        # 0.3 CER points) for an4/location_aware_noaug: see recipes/an4/README.md
+length_penalty=0.5     # ranking score log p / (len + 1)^lp (conf/decode.yaml); decode folders say _lp<x> when not 0.5
 average=5              # average the N kept epoch checkpoints for decoding (0 = decode best.ckpt)
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
         --beam_size) beam_size="$2"; shift 2 ;;
         --ctc_weight) ctc_weight="$2"; shift 2 ;;
         --average) average="$2"; shift 2 ;;
+        --length_penalty) length_penalty="$2"; shift 2 ;;
         --train_args) train_args="$2"; shift 2 ;;
         --decode_args) decode_args="$2"; shift 2 ;;
         --tag) tag="$2"; shift 2 ;;
@@ -99,6 +101,7 @@ fi
 # Decode folder suffix: beam, CTC weight (when joint) and averaging (when used), e.g. beam10_ctc0.5_avg5.
 dtag="beam${beam_size}"
 [ "${ctc_weight}" != 0 ] && [ "${ctc_weight}" != 0.0 ] && dtag="${dtag}_ctc${ctc_weight}"
+[ "${length_penalty}" != 0.5 ] && dtag="${dtag}_lp${length_penalty}"
 ckpt="${exp_dir}/checkpoints/best.ckpt"
 if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
 decode_dirs=()
@@ -114,7 +117,8 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         log "stage 5: decoding ${data_split} (beam ${beam_size}, ctc_weight ${ctc_weight}, ${ckpt})"
         # shellcheck disable=SC2086
         asr-decode ckpt="${ckpt}" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
-            out_dir="${exp_dir}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" ${decode_args}
+            out_dir="${exp_dir}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" \
+            length_penalty="${length_penalty}" ${decode_args}
     done
 fi
 

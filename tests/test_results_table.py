@@ -1,0 +1,52 @@
+"""scripts/results_table.py: one row per (experiment, decode setting), with the run.sh command that made it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _decode_dir(d: Path, wer: float, cer: float, **meta) -> None:
+    (d / "scoring").mkdir(parents=True)
+    (d / "scoring" / "wer.json").write_text(json.dumps({"wer": wer, "cer": cer}))
+    base = {"checkpoint": "exp/x/checkpoints/avg5.ckpt", "attention": "location_aware", "beam_size": 10, "ctc_weight": 0.3,
+            "length_penalty": 0.5, "rtf": 0.03}
+    (d / "meta.json").write_text(json.dumps({**base, **meta}))
+
+
+def test_rows_rebuild_the_recipe_command_including_length_penalty_and_tag(tmp_path):
+    exp = tmp_path / "an4_pblstm_location_aware_mildaug_sp"
+    (exp / "hydra/2026-11-21_16-25-00/.hydra").mkdir(parents=True)
+    (exp / "hydra/2026-11-21_16-25-00/.hydra/overrides.yaml").write_text(
+        "- experiment=an4/location_aware_mildaug_sp\n- exp_dir=exp/an4_pblstm_location_aware_mildaug_sp_x\n- threads=1\n"
+    )
+    (exp / "train_summary.json").write_text(
+        json.dumps({"n_params": 6476422, "epochs": 70, "train_wall_s": 5400.0, "machine": "CPU x2 (1 torch threads)"})
+    )
+    _decode_dir(exp / "decode_dev_beam10_ctc0.3_avg5", 20.0, 10.0)
+    _decode_dir(exp / "decode_test_beam10_ctc0.3_avg5", 10.0, 5.0)
+    _decode_dir(exp / "decode_dev_beam10_ctc0.5_lp1.0_avg5", 19.0, 9.0, ctc_weight=0.5, length_penalty=1.0)
+    _decode_dir(exp / "decode_test_beam10_ctc0.5_lp1.0_avg5", 9.5, 4.5, ctc_weight=0.5, length_penalty=1.0)
+    _decode_dir(exp / "decode_test_beam10", 30.0, 15.0)  # no dev decode: no row
+    (tmp_path / "an4_pblstm_location_aware_smoke").mkdir()  # no train_summary.json: ignored
+
+    rows = _load().rows(tmp_path, None)
+    assert len(rows) == 2
+    plain, lp = rows
+    assert "| joint λ=0.3, beam 10, avg5 | 20.0 | 10.0 | 10.0 | 5.0 | 6.48 M | 70 | 90.0 min |" in plain
+    assert "--ctc_weight 0.3 --average 5 --train_args \"threads=1\"" in plain
+    assert "--length_penalty" not in plain
+    assert "| joint λ=0.5, beam 10, lp 1, avg5 | 19.0 | 9.0 | 9.5 | 4.5 |" in lp
+    assert "--experiment an4/location_aware_mildaug_sp --beam_size 10 --ctc_weight 0.5 --average 5 --length_penalty 1.0" in lp
+    assert lp.rstrip("|").strip().endswith("--decode_args threads=1`")  # a 1-thread training: so is the decode
+    assert _load().rows(tmp_path, "beam10_ctc0.3_avg5") == [plain]
