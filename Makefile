@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 AN4_ROOT ?=
-EXPERIMENT ?= an4/location_aware_noaug
+EXPERIMENT ?= an4/location_aware_x4_noaug
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 

@@ -59,17 +59,19 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 4 and model.ctc is not None
     elif experiment.startswith("pblstm"):
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None
-    else:  # the scorer experiments: an4/<scorer>[_reg|_noaug|_mildaug|_mildaug_sp|_x4]
+    else:  # the scorer experiments: an4/<scorer>[_reg|_noaug|_mildaug|_mildaug_sp|_x4|_x4_noaug]
         assert cfg.name == f"an4_pblstm_{experiment}"
-        assert cfg.model.attention.type == re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4)$", "", experiment)
+        assert cfg.model.attention.type == re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4|x4_noaug)$", "", experiment)
         if experiment.endswith("_noaug"):  # the augmentation ablation: no SpecAugment, no speed perturbation
             assert not cfg.augment and list(cfg.data.speed_perturb) == []
         if "_mildaug" in experiment:  # half ESPnet's mask widths; speed perturbation only in _sp
             assert (cfg.augment.freq_mask_width, cfg.augment.time_mask_width, cfg.trainer.max_epochs) == (15, 20, 70)
             assert list(cfg.data.speed_perturb) == ([0.9, 1.0, 1.1] if experiment.endswith("_sp") else [])
-        assert model.subsampling_factor == (4 if experiment.endswith("_x4") else 8)
+        assert model.subsampling_factor == (4 if "_x4" in experiment else 8)
+        if "_x4" in experiment:
+            assert list(cfg.model.encoder.subsample) == [2, 2, 1]
         if experiment.endswith("_x4"):
-            assert list(cfg.model.encoder.subsample) == [2, 2, 1] and cfg.augment.freq_mask_width == 15
+            assert cfg.augment.freq_mask_width == 15 and list(cfg.data.speed_perturb) == [0.9, 1.0, 1.1]
     if trainer == "ddp":
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
 

@@ -20,7 +20,7 @@ set -euo pipefail
 stage=0
 stop_stage=7
 an4_root="${AN4_ROOT:-}"
-experiment=an4/location_aware_noaug   # the best AN4 system measured so far (recipes/an4/README.md)
+experiment=an4/location_aware_x4_noaug   # the best AN4 system measured so far (recipes/an4/README.md)
 beam_size=10
 ctc_weight=0.3         # joint CTC/attention decoding weight (0 = attention only; needs a CTC branch): ESPnet's an4
                        # setting. On train_dev the best of 0/0.3/0.5/0.7 was 0.7 for an4/location_aware and 0 (0.3 within
