@@ -98,7 +98,8 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     asr-train "${common_train[@]}" ${train_args}
 fi
 
-# Decode folder suffix: beam, CTC weight (when joint) and averaging (when used), e.g. beam10_ctc0.5_avg5.
+# Decode folder suffix: beam, CTC weight (when joint), length penalty (when not 0.5) and averaging (when used),
+# e.g. beam10_ctc0.5_avg5 or beam10_ctc0.3_lp1.0_avg5.
 dtag="beam${beam_size}"
 [ "${ctc_weight}" != 0 ] && [ "${ctc_weight}" != 0.0 ] && dtag="${dtag}_ctc${ctc_weight}"
 [ "${length_penalty}" != 0.5 ] && dtag="${dtag}_lp${length_penalty}"
