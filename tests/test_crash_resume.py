@@ -195,6 +195,18 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_pa
         torch.testing.assert_close(got["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
     for a, b in zip(got["optimizer_states"][0]["state"].values(), ref["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=1e-5, atol=1e-6)
+    # csv/metrics.csv reads as the uninterrupted run's: the rows of epochs 0-1 survive the resume (Lightning's
+    # CSVLogger deletes them) and the killed epoch 2 is logged once
+    assert _csv_rows(exp) == _csv_rows(ref_exp)
+    assert [e for e, s, keys in _csv_rows(exp) if "dev/wer" in keys] == ["0", "1", "2"]
+
+
+def _csv_rows(exp: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(epoch, step, logged columns) of every row of ``exp/csv/metrics.csv``."""
+    import csv
+
+    with (exp / "csv/metrics.csv").open(newline="") as f:
+        return [(r["epoch"], r["step"], tuple(sorted(k for k, v in r.items() if v not in ("", None)))) for r in csv.DictReader(f)]
 
 
 # ---- 3. NaN / Inf steps -----------------------------------------------------------------------------

@@ -23,12 +23,13 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from asr.data.dataset import ASRDataModule, load_split
 from asr.features.fbank import FbankOptions, GlobalCMVN
+from asr.lightning.csv_log import ResumableCSVLogger
 from asr.lightning.module import ASRLightningModule
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_torch_save, atomic_write_text, remove_stale_temp_files
@@ -154,6 +155,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     callbacks.append(last_cb)  # after the other checkpoint callbacks: its file carries their final state
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+        log.info("resuming from %s", ckpt_path or "nothing (no last.ckpt yet): starting fresh")
+    # csv/metrics.csv keeps the rows of the epochs the resumed checkpoint holds (Lightning's CSVLogger deletes them)
+    resumed_epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) if ckpt_path else None
     trainer = L.Trainer(
         **trainer_kwargs,
         default_root_dir=str(exp_dir),
@@ -161,13 +168,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         use_distributed_sampler=False,  # LengthBucketBatchSampler shards by rank itself
         callbacks=callbacks
         + ([TQDMProgressBar(refresh_rate=5)] if trainer_kwargs.get("enable_progress_bar", True) else []),
-        logger=[TensorBoardLogger(str(exp_dir), name="tb", version=""), CSVLogger(str(exp_dir), name="csv", version="")],
+        logger=[TensorBoardLogger(str(exp_dir), name="tb", version=""), ResumableCSVLogger(str(exp_dir), "csv", keep_until_epoch=resumed_epoch)],
         plugins=[AtomicCheckpointIO()],
     )
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path == "last":
-        ckpt_path = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
-        log.info("resuming from %s", ckpt_path or "nothing (no last.ckpt yet): starting fresh")
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = time.time() - t0
