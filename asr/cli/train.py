@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
         log.info("resuming from %s", ckpt_path or "nothing (no last.ckpt yet): starting fresh")
     # csv/metrics.csv keeps the rows of the epochs the resumed checkpoint holds (Lightning's CSVLogger deletes them)
-    resumed_epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) if ckpt_path else None
+    resumed_epoch = int(AtomicCheckpointIO().load_checkpoint(ckpt_path)["epoch"]) if ckpt_path else None  # safe load
     trainer = L.Trainer(
         **trainer_kwargs,
         default_root_dir=str(exp_dir),
