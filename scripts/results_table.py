@@ -9,6 +9,13 @@ dev and test (``decode_{dev,test}_<setting>/scoring/wer.json``; settings are the
 ``beam10`` (attention only, best checkpoint) or ``beam10_ctc0.5_avg5`` (joint CTC/attention, 5 averaged
 checkpoints)): model, decoding, dev/test WER and CER, parameters, epochs, training wall time, machine, decode
 real-time factor and the recipe command that reproduces the row.
+
+A decode setting whose ``meta.json`` has ``ensemble`` (``asr-decode ... 'ensemble=[...]'``: several checkpoints
+decoded together) gives an ensemble row, wherever its ``decode_{dev,test}_<setting>`` folders are below
+``exp_root`` (an experiment folder, or one of its own such as ``exp/ensemble_x4_x8``): its model column names the
+member experiment folders, parameters, epochs and training time are the members' (summed, joined by ``+``) and
+its command is the two ``asr-decode`` + ``asr-score`` calls that rebuild it, run from ``recipes/an4`` as the
+recipe commands are.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from pathlib import Path
 def _wer(d: Path) -> dict | None:
     f = d / "scoring" / "wer.json"
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _f(r: dict, k: str) -> str:
+    """A WER/CER of a ``wer.json`` with one decimal, ``-`` when absent."""
+    return f"{r[k]:.1f}" if r.get(k) is not None else "-"
 
 
 def _train_args(exp: Path) -> str:
@@ -43,20 +55,68 @@ def _experiment(exp: Path) -> str:
     return "an4/" + exp.name.removeprefix("an4_pblstm_")
 
 
+def _label(exp: Path) -> tuple[str, str]:
+    """``(--experiment, --tag)`` of an experiment folder (tag ``""`` when the folder has the experiment's name)."""
+    experiment = _experiment(exp)
+    base = experiment.replace("/", "_")
+    if not base.startswith(("an4_pblstm_", "an4_transformer_")):
+        base = base.replace("an4_", "an4_pblstm_", 1)
+    tag = exp.name[len(base):] if exp.name != base and exp.name.startswith(base) else ""
+    return experiment, tag
+
+
 def _decoding(setting: str, meta: dict) -> str:
     w = float(meta.get("ctc_weight", 0.0))
     how = "attention" if w == 0 else ("CTC greedy" if w == 1 and meta["beam_size"] == 1 else f"joint λ={w:g}")
-    ckpt = Path(meta["checkpoint"]).stem
+    stems = list(dict.fromkeys(Path(c).stem for c in meta.get("ensemble", [meta["checkpoint"]])))
+    ckpt = " + ".join(stems)
     lp = float(meta.get("length_penalty", 0.5))
     return f"{how}, beam {meta['beam_size']}{'' if lp == 0.5 else f', lp {lp:g}'}, {ckpt}"
 
 
+def _ensemble_row(exp_root: Path, folder: Path, setting: str, meta: dict, dev: dict, test: dict) -> str:
+    """The row of an ensemble decode (``meta["ensemble"]``: the member checkpoints, first = ``ckpt``) of
+    ``folder/decode_{dev,test}_<setting>``; members are the experiment folders of their checkpoints
+    (``exp/<name>/checkpoints/<x>.ckpt``), described by their ``train_summary.json`` under ``exp_root``."""
+    ckpts = [str(c) for c in meta["ensemble"]]
+    names = [Path(c).parent.parent.name if Path(c).parent.name == "checkpoints" else Path(c).stem for c in ckpts]
+    labels, summaries = [], []
+    for name in names:
+        exp = exp_root / name
+        experiment, tag = _label(exp)
+        labels.append(experiment + (f" --tag {tag}" if tag else ""))
+        summaries.append(json.loads((exp / "train_summary.json").read_text()) if (exp / "train_summary.json").is_file() else {})
+    known = all(summaries)
+    params = f"{sum(x['n_params'] for x in summaries) / 1e6:.2f} M" if known else "-"
+    epochs = " + ".join(str(x["epochs"]) for x in summaries) if known else "-"
+    wall = f"{sum(x['train_wall_s'] for x in summaries) / 60:.1f} min" if known else "-"
+    machine = " / ".join(dict.fromkeys(x["machine"] for x in summaries)) if known else "-"
+    omp = "OMP_NUM_THREADS=1 " if meta.get("threads") == 1 else ""
+    opts = f"beam_size={meta['beam_size']} ctc_weight={meta.get('ctc_weight', 0)} length_penalty={meta.get('length_penalty', 0.5)}"
+    if meta.get("max_len_ratio", 1.5) != 1.5:
+        opts += f" max_len_ratio={meta['max_len_ratio']}"
+    if meta.get("threads") == 1:
+        opts += " threads=1"
+    calls = []
+    for split, data in (("dev", "train_dev"), ("test", "test")):
+        out = f"exp/{folder.name}/decode_{split}_{setting}"
+        calls.append(
+            f"{omp}asr-decode ckpt={ckpts[0]} 'ensemble=[{','.join(ckpts[1:])}]' data_dir=data/{data} dump_dir=dump/{data} "
+            f"out_dir={out} {opts} && asr-score decode_dir={out}"
+        )
+    return (
+        f"| ensemble of {' + '.join(names)} | {' + '.join(labels)} | {_decoding(setting, meta)} | {_f(dev, 'wer')} | {_f(dev, 'cer')} | "
+        f"{_f(test, 'wer')} | {_f(test, 'cer')} | {params} | {epochs} | {wall} | {machine} | {meta['rtf']:.3f} | `{' && '.join(calls)}` |"
+    )
+
+
 def rows(exp_root: Path, only: str | None = None) -> list[str]:
     out = []
-    for exp in sorted(p for p in exp_root.iterdir() if (p / "train_summary.json").is_file()):
+    for exp in sorted(p for p in exp_root.iterdir() if p.is_dir()):
         if exp.name.endswith("_smoke"):
             continue
-        s = json.loads((exp / "train_summary.json").read_text())
+        trained = (exp / "train_summary.json").is_file()
+        s = json.loads((exp / "train_summary.json").read_text()) if trained else {}
         for test_dir in sorted(exp.glob("decode_test_*")):
             setting = test_dir.name.removeprefix("decode_test_")
             if only and setting != only:
@@ -65,11 +125,15 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             if not (dev and test):
                 continue
             meta = json.loads((test_dir / "meta.json").read_text())
+            if meta.get("ensemble"):
+                out.append(_ensemble_row(exp_root, exp, setting, meta, dev, test))
+                continue
+            if not trained:
+                continue
             model = f"{meta.get('encoder', 'pblstm')} + {meta.get('decoder', 'rnn')}"
             if meta.get("decoder", "rnn") == "rnn":
                 model += f" ({meta['attention']})"
-            experiment = _experiment(exp)
-            f = lambda r, k: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
+            experiment, tag = _label(exp)
             targs = _train_args(exp)
             m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_lp([\d.]+))?(?:_avg(\d+))?$", setting)
             beam, ctc, lp, avg = (
@@ -80,20 +144,17 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
             if lp is not None:
                 cmd += f" --length_penalty {lp}"
-            base = experiment.replace("/", "_")
-            if not base.startswith(("an4_pblstm_", "an4_transformer_")):
-                base = base.replace("an4_", "an4_pblstm_", 1)
             label = experiment
-            if exp.name != base and exp.name.startswith(base):
-                cmd += f" --tag {exp.name[len(base):]}"
-                label += f" --tag {exp.name[len(base):]}"
+            if tag:
+                cmd += f" --tag {tag}"
+                label += f" --tag {tag}"
             if targs:
                 cmd += f' --train_args "{targs}"'
             if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
                 cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
             out.append(
-                f"| {model} | {label} | {_decoding(setting, meta)} | {f(dev, 'wer')} | {f(dev, 'cer')} | "
-                f"{f(test, 'wer')} | {f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {s['epochs']} | "
+                f"| {model} | {label} | {_decoding(setting, meta)} | {_f(dev, 'wer')} | {_f(dev, 'cer')} | "
+                f"{_f(test, 'wer')} | {_f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {s['epochs']} | "
                 f"{s['train_wall_s'] / 60:.1f} min | {s['machine']} | {meta['rtf']:.3f} | `{cmd}` |"
             )
     return out

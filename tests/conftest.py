@@ -1,4 +1,5 @@
-"""Shared fixtures: the 10-utterance AN4 excerpt in tests/data/an4, prepared like the recipe does it."""
+"""Shared fixtures: the 10-utterance AN4 excerpt in tests/data/an4, prepared like the recipe does it, a batch of
+its fbank, and small models and checkpoints for decoding tests."""
 
 from __future__ import annotations
 
@@ -32,6 +33,48 @@ def mini_an4(tmp_path_factory) -> Path:
 def real_feats(mini_an4) -> dict[str, torch.Tensor]:
     """fbank ``(T, 80)`` of the 6 train_nodev utterances, keyed by utterance id."""
     return torch.load(mini_an4 / "dump/train_nodev/feats.pt", weights_only=True)
+
+
+@pytest.fixture
+def batch(real_feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(xs (4, T, 80), lens (4,))``: the first 4 train_nodev utterances (by id), padded."""
+    feats = [real_feats[k] for k in sorted(real_feats)][:4]
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), torch.tensor([f.shape[0] for f in feats])
+
+
+def tiny_ctc_model(seed: int = 0, subsample: tuple[int, ...] = (4, 2), vocab_size: int = 12):
+    """A random pBLSTM + location-aware model with a CTC branch (ids: pad/blank 0, sos 2, eos 3), its output and
+    CTC layers sharpened so that hypotheses end (eos) and differ between utterances."""
+    from asr.models.asr_model import build_model
+
+    torch.manual_seed(seed)
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 32, "num_layers": len(subsample), "subsample": list(subsample), "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 32}, "decoder": {"type": "rnn", "embed_dim": 16, "hidden_size": 32}, "label_smoothing": 0.0, "ctc_weight": 0.3}
+    model = build_model(cfg, vocab_size=vocab_size, sos_id=2, eos_id=3, pad_id=0).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(8.0)
+        model.decoder.output.bias[3] += 0.5
+        model.ctc.weight.mul_(6.0)
+    return model
+
+
+def make_ckpt(tok, path: Path, seed: int, overrides: tuple[str, ...] = ()) -> Path:
+    """An untrained tiny model (``asr-train``'s config with a small pBLSTM ×8 and decoder, plus ``overrides``)
+    with tokenizer ``tok``, saved the way training saves it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from asr.lightning.module import ASRLightningModule
+    from asr.utils.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["model.encoder.hidden_size=16", "model.encoder.num_layers=2", "model.encoder.subsample=[4,2]",
+                                          "model.decoder.hidden_size=16", "model.decoder.embed_dim=8", *overrides])
+    torch.manual_seed(seed)
+    module = ASRLightningModule(OmegaConf.to_container(cfg.model, resolve=True), tok, OmegaConf.to_container(cfg.optim, resolve=True))
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
 
 
 def an4_root() -> Path | None:

@@ -10,7 +10,7 @@ import torch
 
 from asr.decoding.ctc import CTCPrefixScorer, ctc_greedy
 from asr.decoding.search import DecodingOptions, beam_search, ctc_greedy_search, decode_batch, greedy_search
-from asr.models.asr_model import build_model
+from conftest import tiny_ctc_model
 
 BLANK, EOS = 0, 3
 
@@ -85,25 +85,8 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
     assert tokens == [1]
 
 
-def _ctc_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = {"encoder": {"type": "pblstm", "hidden_size": 32, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 32}, "decoder": {"type": "rnn", "embed_dim": 16, "hidden_size": 32}, "label_smoothing": 0.0, "ctc_weight": 0.3}
-    model = build_model(cfg, vocab_size=12, sos_id=2, eos_id=3, pad_id=0).eval()
-    with torch.no_grad():
-        model.decoder.output.weight.mul_(8.0)
-        model.decoder.output.bias[3] += 0.5
-        model.ctc.weight.mul_(6.0)
-    return model
-
-
-@pytest.fixture
-def batch(real_feats):
-    feats = [real_feats[k] for k in sorted(real_feats)[:4]]
-    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), torch.tensor([f.shape[0] for f in feats])
-
-
 def test_joint_search_with_zero_ctc_weight_equals_attention_only(batch):
-    model = _ctc_model()
+    model = tiny_ctc_model()
     xs, lens = batch
     opts = DecodingOptions(beam_size=4, ctc_weight=0.0)
     att = beam_search(model, xs, lens, opts)
@@ -113,7 +96,7 @@ def test_joint_search_with_zero_ctc_weight_equals_attention_only(batch):
 
 
 def test_ctc_weight_changes_the_search_and_batched_equals_per_utterance(batch):
-    model = _ctc_model()
+    model = tiny_ctc_model()
     xs, lens = batch
     opts = DecodingOptions(beam_size=4, ctc_weight=0.5)
     joint = beam_search(model, xs, lens, opts)
@@ -127,7 +110,7 @@ def test_ctc_weight_changes_the_search_and_batched_equals_per_utterance(batch):
 
 def test_ctc_only_beam_scores_are_ctc_label_probabilities(batch):
     """λ = 1: a finished hypothesis' score is log p_ctc(labelling), checked against torch's CTC loss."""
-    model = _ctc_model()
+    model = tiny_ctc_model()
     xs, lens = batch
     hyps = beam_search(model, xs, lens, DecodingOptions(beam_size=3, ctc_weight=1.0, length_penalty=0.0))
     hs, hs_lens = model.encode(xs, lens)
@@ -140,7 +123,7 @@ def test_ctc_only_beam_scores_are_ctc_label_probabilities(batch):
 
 
 def test_decode_batch_dispatch_and_errors(batch):
-    model = _ctc_model()
+    model = tiny_ctc_model()
     xs, lens = batch
     g = decode_batch(model, xs, lens, DecodingOptions(beam_size=1, ctc_weight=1.0))
     assert [h.tokens for h in g] == [h.tokens for h in ctc_greedy_search(model, xs, lens)]

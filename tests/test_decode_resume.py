@@ -14,31 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import asr.cli.decode as decode_mod
 from asr.cli.decode import PARTIAL_DIR, PARTIAL_RESULTS, decode
+from conftest import make_ckpt
 
 N_UTTS = 6  # train_nodev of the mini_an4 fixture
-
-
-def _make_ckpt(tok, path: Path, seed: int) -> Path:
-    """An untrained tiny model saved the way training saves it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from asr.lightning.module import ASRLightningModule
-    from asr.utils.paths import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model.encoder.hidden_size=16", "model.encoder.num_layers=2", "model.encoder.subsample=[4,2]",
-                                          "model.decoder.hidden_size=16", "model.decoder.embed_dim=8"])
-    torch.manual_seed(seed)
-    module = ASRLightningModule(OmegaConf.to_container(cfg.model, resolve=True), tok, OmegaConf.to_container(cfg.optim, resolve=True))
-    ckpt = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +27,7 @@ def ckpt(mini_an4, tmp_path_factory) -> Path:
     from asr.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
-    return _make_ckpt(tok, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", seed=0)
+    return make_ckpt(tok, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", seed=0)
 
 
 def _cfg(ckpt: Path, mini_an4: Path, out: Path, **kw) -> dict:
@@ -145,7 +126,7 @@ def test_truncated_last_partial_line_is_ignored_and_redecoded(ckpt, mini_an4, re
     _assert_same_final_files(out, reference)
 
 
-@pytest.mark.parametrize("change", ["beam_size", "length_penalty", "checkpoint", "resume_false"])
+@pytest.mark.parametrize("change", ["beam_size", "length_penalty", "checkpoint", "ensemble", "resume_false"])
 def test_changed_settings_start_over(ckpt, mini_an4, tmp_path, monkeypatch, caplog, change):
     from asr.text.tokenizer import Tokenizer
 
@@ -163,7 +144,9 @@ def test_changed_settings_start_over(ckpt, mini_an4, tmp_path, monkeypatch, capl
     elif change == "length_penalty":
         kw = {"length_penalty": 1.0}
     elif change == "checkpoint":  # same path, other weights
-        _make_ckpt(Tokenizer.from_file(mini_an4 / "data/token/char.model"), my_ckpt, seed=1)
+        make_ckpt(Tokenizer.from_file(mini_an4 / "data/token/char.model"), my_ckpt, seed=1)
+    elif change == "ensemble":  # decoded together with another model
+        kw = {"ensemble": [str(make_ckpt(Tokenizer.from_file(mini_an4 / "data/token/char.model"), tmp_path / "other.ckpt", seed=1))]}
     else:
         kw = {"resume": False}
     fresh = tmp_path / "fresh"

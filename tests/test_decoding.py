@@ -57,13 +57,6 @@ def test_trained_model_beam_equals_greedy_and_batched_equals_single(trained):
         assert single.norm_score == pytest.approx(b4[i].norm_score, abs=1e-4)
 
 
-@pytest.fixture
-def batch(real_feats):
-    feats = [real_feats[k] for k in sorted(real_feats)][:4]
-    lens = torch.tensor([x.shape[0] for x in feats])
-    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lens
-
-
 @pytest.mark.parametrize("kind", ["location_aware", "additive", "dot", "general", "location"])
 def test_beam_one_equals_greedy(batch, kind):
     model = _model(kind)

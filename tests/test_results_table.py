@@ -50,3 +50,43 @@ def test_rows_rebuild_the_recipe_command_including_length_penalty_and_tag(tmp_pa
     assert "--experiment an4/location_aware_mildaug_sp --beam_size 10 --ctc_weight 0.5 --average 5 --length_penalty 1.0" in lp
     assert lp.rstrip("|").strip().endswith("--decode_args threads=1`")  # a 1-thread training: so is the decode
     assert _load().rows(tmp_path, "beam10_ctc0.3_avg5") == [plain]
+
+
+def _experiment(root: Path, name: str, overrides: str, n_params: int, epochs: int, wall_s: float) -> Path:
+    exp = root / name
+    (exp / "hydra/2026-11-21_10-00-00/.hydra").mkdir(parents=True)
+    (exp / "hydra/2026-11-21_10-00-00/.hydra/overrides.yaml").write_text(overrides)
+    (exp / "train_summary.json").write_text(
+        json.dumps({"n_params": n_params, "epochs": epochs, "train_wall_s": wall_s, "machine": "CPU x2 (1 torch threads)"})
+    )
+    return exp
+
+
+def test_ensemble_decode_gives_a_row_with_the_asr_decode_command(tmp_path):
+    x4 = _experiment(tmp_path, "an4_pblstm_location_aware_noaug_x4", "- experiment=an4/location_aware_noaug\n- model.encoder.subsample=[2,2,1]\n",
+                     6148742, 16, 2049.3)
+    _experiment(tmp_path, "an4_pblstm_location_aware_noaug", "- experiment=an4/location_aware\n- augment=none\n", 6476422, 30, 3660.0)
+    _decode_dir(x4 / "decode_dev_beam10_ctc0.3_avg5", 20.0, 10.0)
+    _decode_dir(x4 / "decode_test_beam10_ctc0.3_avg5", 9.4, 5.6)
+    members = ["exp/an4_pblstm_location_aware_noaug_x4/checkpoints/avg5.ckpt", "exp/an4_pblstm_location_aware_noaug/checkpoints/best.ckpt"]
+    ens = tmp_path / "ensemble_x4_x8"  # a folder of its own, no train_summary.json
+    _decode_dir(ens / "decode_dev_beam10_ctc0.3", 18.0, 9.0, checkpoint=members[0], ensemble=members, threads=1, rtf=0.06)
+    _decode_dir(ens / "decode_test_beam10_ctc0.3", 8.5, 5.0, checkpoint=members[0], ensemble=members, threads=1, rtf=0.06)
+
+    rows = _load().rows(tmp_path, None)
+    assert len(rows) == 2  # the x4 model's own row and the ensemble's
+    (row,) = [r for r in rows if "ensemble" in r]
+    cells = [c.strip() for c in row.strip("|").split(" | ")]
+    assert cells[:10] == [
+        "ensemble of an4_pblstm_location_aware_noaug_x4 + an4_pblstm_location_aware_noaug",
+        "an4/location_aware_noaug --tag _x4 + an4/location_aware --tag _noaug",
+        "joint λ=0.3, beam 10, avg5 + best", "18.0", "9.0", "8.5", "5.0", "12.63 M", "16 + 30", "95.2 min",
+    ]
+    assert cells[11] == "0.060"
+    decode = (
+        "OMP_NUM_THREADS=1 asr-decode ckpt=exp/an4_pblstm_location_aware_noaug_x4/checkpoints/avg5.ckpt "
+        "'ensemble=[exp/an4_pblstm_location_aware_noaug/checkpoints/best.ckpt]' data_dir=data/{data} dump_dir=dump/{data} "
+        "out_dir=exp/ensemble_x4_x8/decode_{split}_beam10_ctc0.3 beam_size=10 ctc_weight=0.3 length_penalty=0.5 threads=1 "
+        "&& asr-score decode_dir=exp/ensemble_x4_x8/decode_{split}_beam10_ctc0.3"
+    )
+    assert cells[12] == "`" + decode.format(data="train_dev", split="dev") + " && " + decode.format(data="test", split="test") + "`"

@@ -3,6 +3,7 @@
     asr-decode ckpt=exp/an4_pblstm_location_aware/checkpoints/best.ckpt data_dir=data/test \
         dump_dir=dump/test out_dir=exp/an4_pblstm_location_aware/decode_test beam_size=10
     asr-decode ckpt=best.ckpt 'audio=[a.wav,b.flac]' out_dir=my_decode
+    asr-decode ckpt=exp/a/checkpoints/avg5.ckpt 'ensemble=[exp/b/checkpoints/avg5.ckpt]' data_dir=... out_dir=...
 
 Everything needed (model config, weights, CMVN, tokenizer) comes from the checkpoint. Writes to
 ``out_dir``: ``results.jsonl`` (per utterance: id, hyp, ref, score, tokens, frames), ``attention.npz``
@@ -16,6 +17,14 @@ complete and its attention is in its shard. A decode that is killed and started 
 settings (``resume=true``, the default; the settings are kept in ``out_dir/.partial/settings.json``)
 decodes only the utterances not done yet, and the final files are the same as those of an uninterrupted
 run. The final files are written once, at the end, after which the partial files are removed.
+
+Ensembles: ``ensemble=[ckpt, ...]`` names more checkpoints decoded together with ``ckpt`` (the first member),
+their scores combined at every search step (:mod:`asr.decoding.search`). The members must have the same
+tokenizer (vocabulary pieces and special ids) and feature settings (``feat_dim``, frame shift) as ``ckpt``;
+their architectures and encoder frame rates may differ. CMVN is part of each model (its statistics are buffers
+in the checkpoint, applied in ``AttentionASRModel.encode``) and the dataset gives un-normalised fbank, so
+members trained with different CMVN statistics are each normalised with their own. The first member gives the
+tokenizer, the features, the attention weights (``attention.npz``, plots) and ``enc_frames``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from asr.features.audio import AudioError, audio_duration, load_audio
 from asr.features.fbank import FbankOptions, compute_fbank
 from asr.lightning.module import load_checkpoint
 from asr.metrics.wer import write_trn
+from asr.models.asr_model import AttentionASRModel
+from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
 from asr.utils.paths import CONF_DIR
 
@@ -115,20 +126,73 @@ def _file_sha256(path: str | Path) -> str:
 
 
 def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
-    """What the partial results depend on: the checkpoint (path and content hash), the search options
-    and the data source. Batch size, ``max_frames``, threads and device are left out: batched search gives
-    the per-utterance result (up to float noise)."""
+    """What the partial results depend on: the checkpoint (path and content hash), the ensemble's other
+    checkpoints (likewise; the key only when ``ensemble`` is not empty), the search options and the data
+    source. Batch size, ``max_frames``, threads and device are left out: batched search gives the
+    per-utterance result (up to float noise)."""
     if cfg.get("data_dir"):
         source: dict[str, Any] = {"data_dir": str(Path(cfg.data_dir).resolve()), "dump_dir": str(Path(cfg.dump_dir).resolve()) if cfg.get("dump_dir") else None}
     else:
         source = {"audio": [str(Path(str(a)).resolve()) for a in cfg.audio]}
-    return {
+    settings = {
         "version": _PARTIAL_VERSION,
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "checkpoint_sha256": _file_sha256(cfg.ckpt),
         **dataclasses.asdict(opts),  # every search option
         **source,
     }
+    if _ensemble_paths(cfg):
+        settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": _file_sha256(c)} for c in _ensemble_paths(cfg)]
+    return settings
+
+
+def _ensemble_paths(cfg: DictConfig) -> list[str]:
+    """The ``ensemble`` checkpoints (the members after ``ckpt``)."""
+    return [str(c) for c in (cfg.get("ensemble") or [])]
+
+
+def _vocab_difference(a: Tokenizer, b: Tokenizer) -> str | None:
+    """How tokenizer ``b`` differs from ``a`` in what decoding depends on (size, special ids, the piece of
+    every id), or None when it does not."""
+    if a.vocab_size != b.vocab_size:
+        return f"vocab_size {b.vocab_size} instead of {a.vocab_size}"
+    for name in ("pad_id", "unk_id", "sos_id", "eos_id"):
+        if getattr(a, name) != getattr(b, name):
+            return f"{name} {getattr(b, name)} instead of {getattr(a, name)}"
+    for i in range(a.vocab_size):
+        if a.sp.id_to_piece(i) != b.sp.id_to_piece(i):
+            return f"token {i} is {b.sp.id_to_piece(i)!r} instead of {a.sp.id_to_piece(i)!r}"
+    return None
+
+
+def _load_members(cfg: DictConfig, first: AttentionASRModel, tok: Tokenizer, meta: dict[str, Any], opts: DecodingOptions) -> list[AttentionASRModel]:
+    """All ensemble members: ``first`` (the model of ``ckpt``, with tokenizer ``tok`` and ``meta``) and the
+    models of the ``ensemble`` checkpoints, checked against it.
+
+    Raises
+    ------
+    ValueError
+        A member's tokenizer or feature settings (``feat_dim``, ``frame_shift_s``) differ from those of
+        ``ckpt``, or, with an ensemble and ``ctc_weight`` > 0, a member has no CTC branch; the message names
+        the checkpoint and what differs.
+    """
+    models = [first]
+    for path in _ensemble_paths(cfg):
+        model, member_tok, member_meta = load_checkpoint(path)
+        diff = _vocab_difference(tok, member_tok)
+        if diff:
+            raise ValueError(f"ensemble checkpoint {path}: its tokenizer differs from that of ckpt {cfg.ckpt} ({diff}); members must share one tokenizer")
+        for key, default in (("feat_dim", 80), ("frame_shift_s", 0.01)):
+            if member_meta.get(key, default) != meta.get(key, default):
+                raise ValueError(
+                    f"ensemble checkpoint {path}: {key} {member_meta.get(key, default)} differs from {meta.get(key, default)} of ckpt {cfg.ckpt}; members must share the features"
+                )
+        models.append(model)
+    if len(models) > 1 and opts.ctc_weight > 0:
+        for path, model in zip([cfg.ckpt, *_ensemble_paths(cfg)], models):
+            if model.ctc is None:
+                raise ValueError(f"checkpoint {path} has no CTC branch: ensemble decoding with ctc_weight > 0 needs one in every member")
+    return models
 
 
 def _remove_partial(out_dir: Path) -> None:
@@ -212,19 +276,25 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
     Resuming (module docstring): after each batch its attention goes to ``.partial/attention_<n>.npz``
     and its rows to ``results.partial.jsonl``. With ``resume`` true (the default) partial files made with
-    the same settings (checkpoint content, beam_size, max_len_ratio, min_len, length_penalty, ctc_weight,
-    data source; see ``.partial/settings.json``) are read first, a truncated last line ignored, and only
-    the other utterances are decoded; partial files of other settings are removed with a warning, as they
+    the same settings (checkpoint content, ensemble checkpoints' content, beam_size, max_len_ratio, min_len,
+    length_penalty, ctc_weight, data source; see ``.partial/settings.json``) are read first, a truncated last
+    line ignored, and only the other utterances are decoded; partial files of other settings are removed with a warning, as they
     are with ``resume`` false. The final files (``results.jsonl`` sorted by id, ``attention.npz``,
     ``hyp.trn``, ``ref.trn``, ``errors.tsv``, ``meta.json``) are written at the end from both, then the
     partial files are removed. ``meta.json`` counts the reused utterances in ``resumed_utts``; its
     ``n_batches``, ``decode_s``, ``audio_s`` and ``rtf`` describe this run's decoding only.
 
+    With ``ensemble`` (module docstring) every batch is decoded by all members together; ``meta.json`` then
+    lists them all under ``ensemble`` (``ckpt`` first), and its other model fields (``attention``,
+    ``encoder``, ``subsampling``, ...), ``enc_frames`` and the attention weights are those of ``ckpt``.
+
     Raises
     ------
     ValueError
         Neither ``data_dir`` nor ``audio`` given, or no utterance could be read (``errors.tsv`` is
-        written first and the message names the first error).
+        written first and the message names the first error); an ``ensemble`` checkpoint whose tokenizer or
+        feature settings differ from those of ``ckpt``, or (``ctc_weight`` > 0) an ensemble member without a
+        CTC branch (the message names the checkpoint and the difference; raised before anything is decoded).
     asr.data.datadir.DataDirError
         The data dir lacks a required file or has more than ``max_bad_fraction`` bad entries.
     """
@@ -233,7 +303,10 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.get("device", "cpu"))
     model, tok, meta = load_checkpoint(cfg.ckpt)
-    model.to(device)
+    opts = DecodingOptions(
+        int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty), float(cfg.get("ctc_weight", 0.0))
+    )
+    models = [m.to(device) for m in _load_members(cfg, model, tok, meta, opts)]
     fbank = FbankOptions(num_mel_bins=meta.get("feat_dim", 80), frame_shift_ms=1000 * meta.get("frame_shift_s", 0.01))
     errors: list[tuple[str, str]] = []
     out_dir = Path(cfg.out_dir)
@@ -254,9 +327,6 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"no utterance to decode: {len(errors)} error(s), e.g. {errors[0][0]}: {errors[0][1]}; see {out_dir / 'errors.tsv'}")
         raise ValueError("no utterance to decode")
     max_frames = int(cfg.get("max_frames", 0) or 0)
-    opts = DecodingOptions(
-        int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty), float(cfg.get("ctc_weight", 0.0))
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _resume_settings(cfg, opts)
     rows: dict[str, dict] = {}
@@ -282,8 +352,8 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     with open(out_dir / PARTIAL_RESULTS, "a", encoding="utf-8") as part_file:
         for batch in tqdm(loader, desc=f"decode beam={opts.beam_size}", unit="batch"):
             batch = batch.to(device)
-            hyps = decode_batch(model, batch.feats, batch.feat_lens, opts)
-            enc_lens = model.encoder.output_lengths(batch.feat_lens)
+            hyps = decode_batch(models, batch.feats, batch.feat_lens, opts)
+            enc_lens = model.encoder.output_lengths(batch.feat_lens)  # the first member's
             batch_rows, batch_atts = [], {}
             for i, h in enumerate(hyps):
                 uid = batch.ids[i]
@@ -317,6 +387,7 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         _write_errors(errors, out_dir)
     info = {
         "checkpoint": str(cfg.ckpt),
+        **({"ensemble": [str(cfg.ckpt), *_ensemble_paths(cfg)]} if len(models) > 1 else {}),
         "attention": meta["model_cfg"]["attention"]["type"],
         "encoder": meta["model_cfg"]["encoder"]["type"],
         "decoder": meta["model_cfg"]["decoder"]["type"],

@@ -8,16 +8,30 @@ With ``ctc_weight`` λ > 0 the beam search is the joint CTC/attention one of Wat
 CTC/attention architecture for end-to-end speech recognition"): a hypothesis ``h`` extended from ``g`` scores
 ``(1 - λ) log p_att(c | g) + λ (log psi_ctc(h) - log psi_ctc(g))``, the CTC prefix scores of all ``B x K x V``
 extensions computed at once (:mod:`asr.decoding.ctc`). λ = 1 with beam 1 is CTC-only greedy decoding.
+
+Ensembles: ``model`` may be a sequence of models sharing the tokenizer (as with fairseq's ``EnsembleModel`` or
+ESPnet's several weighted decoder scorers). Each member encodes the batch itself, so members may differ in
+architecture and encoder frame rate (e.g. a ×4 and a ×8 pBLSTM), and keeps its own encoder memory, decoder state
+and CTC prefix scorer over its own encoder frames; all are reordered with the same hypothesis indices. At every
+step the attention log-probabilities are the mean of the members' ``log_softmax`` outputs and the CTC term the mean
+of their prefix-score deltas, so a candidate scores ``(1 - λ) mean_m log p_att^m(c | g) + λ mean_m Δ_ctc^m``: a
+log-linear combination with equal weights, the same form as the CTC/attention combination itself and as ESPnet's
+weighted sum of scorers (fairseq's ensemble averages probabilities instead). Every term is a log-probability or a
+prefix-score delta, so scores still only fall as a hypothesis grows and the beam search's stopping bound holds. The
+first member gives the length limits (its encoder frames) and the attention weights recorded in
+:class:`Hypothesis`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from asr.decoding.ctc import CTCPrefixScorer, ctc_greedy
+from asr.decoding.ctc import CTCPrefixScorer, CTCPrefixState, ctc_greedy
 from asr.models.asr_model import AttentionASRModel
 
 
@@ -59,7 +73,8 @@ class Hypothesis:
     """One decoded hypothesis.
 
     ``tokens``: ids without sos/eos; ``score``: total log-probability including eos;
-    ``norm_score``: the ranking score; ``attention``: ``(len(tokens) + 1, S)`` weights (last row = eos step).
+    ``norm_score``: the ranking score; ``attention``: ``(len(tokens) + 1, S)`` weights (last row = eos step;
+    for an ensemble, those of the first member over its ``S`` encoder frames).
     """
 
     tokens: list[int]
@@ -96,18 +111,139 @@ def ctc_log_probs(model: AttentionASRModel, hs: Tensor) -> Tensor:
     return torch.log_softmax(model.ctc(hs).float(), -1)
 
 
+Models = AttentionASRModel | Sequence[AttentionASRModel]
+
+
+def ensemble_members(model: Models, need_ctc: bool = False) -> list[AttentionASRModel]:
+    """The members of ``model`` (one model, or a sequence of them for an ensemble) as a list.
+
+    Raises
+    ------
+    ValueError
+        An empty sequence; members that differ in ``vocab_size`` or the pad/sos/eos ids (they must share the
+        tokenizer); ``need_ctc`` and an ensemble member without a CTC branch (a single model is left to
+        :func:`ctc_log_probs`, which raises then).
+    """
+    models = [model] if isinstance(model, AttentionASRModel) else list(model)
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    first = models[0]
+    for i, m in enumerate(models[1:], 1):
+        for name, mine, theirs in (
+            ("vocab_size", m.decoder.vocab_size, first.decoder.vocab_size),
+            ("pad_id", m.pad_id, first.pad_id),
+            ("sos_id", m.sos_id, first.sos_id),
+            ("eos_id", m.eos_id, first.eos_id),
+        ):
+            if mine != theirs:
+                raise ValueError(f"ensemble member {i} has {name} {mine}, member 0 has {theirs}: the members must share one tokenizer")
+    if need_ctc and len(models) > 1:
+        missing = [i for i, m in enumerate(models) if m.ctc is None]
+        if missing:
+            raise ValueError(f"decoding with ctc_weight > 0 needs every ensemble member to have a CTC branch; member(s) {missing} have none")
+    return models
+
+
+def _mean(xs: list[Tensor]) -> Tensor:
+    """Element-wise mean; one tensor comes back as it is (the single-model search is unchanged)."""
+    return xs[0] if len(xs) == 1 else torch.stack(xs).mean(0)
+
+
+@dataclass
+class _Member:
+    """Search state of one ensemble member (``N`` hypothesis rows: ``B`` in greedy, ``B x K`` in beam search).
+
+    Attributes
+    ----------
+    model : AttentionASRModel
+    memory, state
+        Its decoder's encoder memory (rows repeated per hypothesis) and decoder state.
+    ctc : CTCPrefixScorer or None
+        Its CTC prefix scorer over its own encoder frames, when CTC is scored.
+    ctc_state : CTCPrefixState or None
+        The prefix state of each hypothesis.
+    """
+
+    model: AttentionASRModel
+    memory: Any
+    state: Any
+    ctc: CTCPrefixScorer | None = None
+    ctc_state: CTCPrefixState | None = None
+    _ctc_ext: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False) -> tuple["_Member", Tensor, Tensor]:
+        """Encode ``xs_pad (B, T, F)`` and set up ``B x beam`` hypothesis rows, utterance-major (``beam`` None:
+        one row per utterance, memory as it is); also returns ``hs (B, S, D)`` and ``hs_lens (B,)``."""
+        hs, hs_lens = model.encode(xs_pad, xs_lens)
+        memory = model.decoder.memory(hs, hs_lens)
+        if beam is not None:
+            memory = memory.select(torch.arange(hs.shape[0], device=hs.device).repeat_interleave(beam))
+        member = cls(model, memory, model.decoder.init_state(memory))
+        if use_ctc:
+            member.ctc = CTCPrefixScorer(ctc_log_probs(model, hs), hs_lens, model.pad_id, model.eos_id, beam or 1)
+            member.ctc_state = member.ctc.init_state()
+        return member, hs, hs_lens
+
+    def step(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Advance every row by its last token ``y (N,)``.
+
+        Returns the attention log-probabilities ``(N, V)``, the attention weights ``(N, S)`` and, when CTC is
+        scored, the prefix-score deltas ``log psi(g + c) - log psi(g)`` ``(N, V)`` (else None).
+        """
+        logits, w, self.state = self.model.decoder.step(y, self.state, self.memory)
+        logp = torch.log_softmax(logits.float(), -1)
+        if self.ctc is None:
+            return logp, w, None
+        self._ctc_ext = self.ctc.score(self.ctc_state)
+        psi = self._ctc_ext[0]
+        return logp, w, torch.nan_to_num(psi - self.ctc_state.psi[:, None], nan=float("-inf"))
+
+    def select(self, src: Tensor, tokens: Tensor) -> None:
+        """Keep row ``src[i]`` extended by ``tokens[i]`` as row ``i`` (``(N',)`` int64 each)."""
+        self.state = self.state.select(src)
+        if self.ctc is not None:
+            self.ctc_state = self.ctc.select(*self._ctc_ext, src, tokens)
+
+
+def _start(model: Models, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False) -> tuple[list[_Member], Tensor, Tensor]:
+    """Check the members (:func:`ensemble_members`) and start each (:meth:`_Member.start`); returns the members
+    and the FIRST member's ``hs (B, S, D)`` and ``hs_lens (B,)``, which set the length limits and the frames
+    of the recorded attention."""
+    started = [_Member.start(m, xs_pad, xs_lens, beam, use_ctc) for m in ensemble_members(model, need_ctc=use_ctc)]
+    return [m for m, _, _ in started], started[0][1], started[0][2]
+
+
+def _ensemble_step(members: list[_Member], y: Tensor, ctc_weight: float) -> tuple[Tensor, Tensor]:
+    """One step of every member: the joint log-scores ``(1 - λ) mean att + λ mean Δctc`` ``(N, V)`` (attention
+    only when λ is 0 or CTC is not scored) and the first member's attention weights ``(N, S)``."""
+    outs = [m.step(y) for m in members]
+    logp = _mean([o[0] for o in outs])
+    if ctc_weight > 0 and outs[0][2] is not None:
+        logp = (1 - ctc_weight) * logp + ctc_weight * _mean([o[2] for o in outs])
+    return logp, outs[0][1]
+
+
 @torch.no_grad()
-def ctc_greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
     """CTC best-path decoding of a batch (no attention decoder).
 
     ``Hypothesis.attention`` is the CTC alignment as a ``(U + 1, S)`` 0/1 matrix: row ``u`` marks the encoder
     frame where token ``u`` starts, the last row the utterance's final frame.
 
+    ``model`` may be a one-member sequence; best-path decoding has no per-token step at which members with
+    different frame rates could be combined, so an ensemble decodes CTC-only with :func:`beam_search`
+    (``ctc_weight`` 1; :func:`decode_batch` does so).
+
     Raises
     ------
     ValueError
-        The model has no CTC branch.
+        The model has no CTC branch, or ``model`` has more than one member.
     """
+    models = ensemble_members(model)
+    if len(models) > 1:
+        raise ValueError("CTC best-path decoding takes one model; decode an ensemble CTC-only with beam_search(ctc_weight=1)")
+    model = models[0]
     hs, hs_lens = model.encode(xs_pad, xs_lens)
     logp = ctc_log_probs(model, hs)
     out = []
@@ -120,36 +256,40 @@ def ctc_greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor,
 
 
 @torch.no_grad()
-def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
-    """Arg-max decoding of a batch.
+def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+    """Arg-max decoding of a batch (of the mean of the members' log-probabilities for an ensemble).
 
     Parameters
     ----------
+    model : AttentionASRModel or a sequence of them (an ensemble, module docstring).
     xs_pad : ``(B, T, F)`` fbank; xs_lens : ``(B,)`` frames.
 
     Returns
     -------
     list of Hypothesis, one per utterance, in batch order.
+
+    Raises
+    ------
+    ValueError
+        Ensemble members that do not share the tokenizer's vocabulary and special ids.
     """
-    hs, hs_lens = model.encode(xs_pad, xs_lens)
-    dec = model.decoder
-    memory = dec.memory(hs, hs_lens)
-    state = dec.init_state(memory)
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens)
+    first = members[0].model
     b = hs.shape[0]
     max_lens = _max_lens(hs_lens, opts)
-    y = hs.new_full((b,), model.sos_id, dtype=torch.long)
+    y = hs.new_full((b,), first.sos_id, dtype=torch.long)
     done = torch.zeros(b, dtype=torch.bool, device=hs.device)
     scores = hs.new_zeros(b)
     toks, atts = [], []
     for t in range(int(max_lens.max())):
-        logits, w, state = dec.step(y, state, memory)
-        logp = _mask_special(torch.log_softmax(logits.float(), -1), model)
+        logp, w = _ensemble_step(members, y, 0.0)
+        logp = _mask_special(logp, first)
         best_lp, y = logp.max(-1)
         active = ~done
         scores = scores + best_lp * active
         toks.append(torch.where(active, y, torch.full_like(y, -1)))
         atts.append(w)
-        done = done | (y == model.eos_id) | (t + 1 >= max_lens)
+        done = done | (y == first.eos_id) | (t + 1 >= max_lens)
         if bool(done.all()):
             break
     toks_t, atts_t = torch.stack(toks, 1).cpu(), torch.stack(atts, 1).cpu()
@@ -157,7 +297,7 @@ def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opt
     for i in range(b):
         seq = [int(v) for v in toks_t[i] if v >= 0]
         n = len(seq)  # includes eos if emitted
-        tokens = seq[:-1] if seq and seq[-1] == model.eos_id else seq
+        tokens = seq[:-1] if seq and seq[-1] == first.eos_id else seq
         s = float(scores[i])
         out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i, :n, : int(hs_lens[i])]))
     return out
@@ -165,7 +305,7 @@ def greedy_search(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opt
 
 @torch.no_grad()
 def beam_search(
-    model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None
+    model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None
 ) -> list[Hypothesis]:
     """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
 
@@ -181,52 +321,46 @@ def beam_search(
     both parts only fall as a hypothesis grows, so the stopping bound still holds. ``score`` is then the
     joint log-score. ``use_ctc`` (default: λ > 0) runs the CTC prefix scorer even at λ = 0 (tests).
 
+    With an ensemble (module docstring) each member advances its own decoder state and CTC prefix state over
+    its own encoder frames, reordered with the same source rows; a candidate scores
+    ``(1 - λ) mean_m log p_att^m + λ mean_m Δ_ctc^m``; the maximum lengths and ``Hypothesis.attention`` come
+    from the first member.
+
     Parameters and returns as :func:`greedy_search`.
 
     Raises
     ------
     ValueError
-        λ > 0 for a model without a CTC branch.
+        λ > 0 for a model (or an ensemble member) without a CTC branch; ensemble members that do not share
+        the tokenizer's vocabulary and special ids.
     """
     k = opts.beam_size
-    hs, hs_lens = model.encode(xs_pad, xs_lens)
-    dec = model.decoder
+    lam = float(opts.ctc_weight)
+    if use_ctc is None:
+        use_ctc = lam > 0
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc)
+    first = members[0].model  # its special ids are every member's
     b, s_max = hs.shape[0], hs.shape[1]
     dev = hs.device
-    rep = torch.arange(b, device=dev).repeat_interleave(k)
-    memory = dec.memory(hs, hs_lens).select(rep)
-    state = dec.init_state(memory)
-    v = dec.vocab_size
+    v = first.decoder.vocab_size
     max_lens = _max_lens(hs_lens, opts)
     # Only the first beam of each utterance is live at the start.
     scores = torch.full((b, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0
-    y = torch.full((b * k,), model.sos_id, dtype=torch.long, device=dev)
-    lam = float(opts.ctc_weight)
-    if use_ctc is None:
-        use_ctc = lam > 0
-    if use_ctc:
-        ctc_scorer = CTCPrefixScorer(ctc_log_probs(model, hs), hs_lens, model.pad_id, model.eos_id, k)
-        ctc_state = ctc_scorer.init_state()
+    y = torch.full((b * k,), first.sos_id, dtype=torch.long, device=dev)
     hist = torch.empty(b * k, 0, dtype=torch.long, device=dev)
     att_hist = torch.empty(b * k, 0, s_max, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     done = torch.zeros(b, dtype=torch.bool)
     base = (torch.arange(b, device=dev) * k)[:, None]
     for t in range(int(max_lens.max())):
-        logits, w, state = dec.step(y, state, memory)
-        logp = torch.log_softmax(logits.float(), -1)
-        if use_ctc:
-            ctc_psi, ctc_r = ctc_scorer.score(ctc_state)
-            if lam > 0:
-                delta = torch.nan_to_num(ctc_psi - ctc_state.psi[:, None], nan=float("-inf"))
-                logp = (1 - lam) * logp + lam * delta
-        logp = _mask_special(logp, model).view(b, k, v)
+        logp, w = _ensemble_step(members, y, lam)
+        logp = _mask_special(logp, first).view(b, k, v)
         cand = (scores[:, :, None] + logp).view(b, k * v)
         n_cand = min(2 * k, k * v)
         top_scores, top_ids = cand.topk(n_cand, dim=-1)  # (B, 2K)
         beam_idx, tok = top_ids // v, top_ids % v
-        is_eos = tok == model.eos_id
+        is_eos = tok == first.eos_id
         last = (t + 1) >= max_lens  # (B,)
         # Finish: eos candidates ranked within the best K (and not -inf).
         fin = is_eos & (torch.arange(n_cand, device=dev)[None, :] < k) & torch.isfinite(top_scores)
@@ -246,9 +380,8 @@ def beam_search(
         scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
         src = new_hist_src.gather(1, keep).view(-1)
         y = tok.gather(1, keep).view(-1)
-        state = state.select(src)
-        if use_ctc:
-            ctc_state = ctc_scorer.select(ctc_psi, ctc_r, src, y)
+        for member in members:
+            member.select(src, y)
         hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
         att_hist = torch.cat([att_hist.index_select(0, src), w.index_select(0, src)[:, None]], 1)
         # A live hypothesis can only lose log-probability, so its best possible ranking score is its score
@@ -278,10 +411,11 @@ def beam_search(
     return [max(f, key=lambda h: h.norm_score) for f in finished]
 
 
-def decode_batch(model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
-    """CTC greedy when ``opts.ctc_weight == 1`` and ``beam_size == 1``; attention greedy when ``beam_size == 1``
-    and ``ctc_weight == 0``; else (joint) beam search."""
-    if opts.ctc_weight >= 1.0 and opts.beam_size <= 1:
+def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
+    """CTC greedy when ``opts.ctc_weight == 1`` and ``beam_size == 1`` (an ensemble: CTC-only beam search with
+    one hypothesis, the mean of the members' prefix scores); attention greedy when ``beam_size == 1`` and
+    ``ctc_weight == 0``; else (joint) beam search. ``model``: one model or an ensemble (module docstring)."""
+    if opts.ctc_weight >= 1.0 and opts.beam_size <= 1 and len(ensemble_members(model)) == 1:
         return ctc_greedy_search(model, xs_pad, xs_lens, opts)
     if opts.beam_size <= 1 and opts.ctc_weight == 0:
         return greedy_search(model, xs_pad, xs_lens, opts)
