@@ -23,21 +23,21 @@ REFS = {"u1": "A B C D", "u2": "E F G H I J", "u3": "K L"}
 HYPS = {"u1": "A X C", "u2": "E F G H I J K", "u3": "K L"}
 
 
-def make_decode_dir(d: Path, hyps: dict[str, str] = HYPS, attention: str = "dot") -> Path:
+def make_decode_dir(d: Path, hyps: dict[str, str] = HYPS, attention: str = "dot", subsampling: int = 8) -> Path:
     d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     arrays = {}
     with (d / "results.jsonl").open("w") as f:
         for uid, ref in REFS.items():
             tokens = ["▁" + w for w in hyps[uid].split()]
-            enc = 12 + len(tokens)
+            enc = (12 + len(tokens)) * 8 // subsampling
             w = rng.random((len(tokens) + 1, enc)).astype(np.float32)
             arrays[uid] = w / w.sum(1, keepdims=True)
             row = {"utt_id": uid, "ref": ref, "hyp": hyps[uid], "score": -1.0, "tokens": tokens,
-                   "n_frames": enc * 8, "enc_frames": enc}
+                   "n_frames": enc * subsampling, "enc_frames": enc}
             f.write(json.dumps(row) + "\n")
     np.savez(d / "attention.npz", **arrays)
-    (d / "meta.json").write_text(json.dumps({"frame_shift_s": 0.01, "subsampling": 8, "attention": attention,
+    (d / "meta.json").write_text(json.dumps({"frame_shift_s": 0.01, "subsampling": subsampling, "attention": attention,
                                              "checkpoint": "x.ckpt", "beam_size": 1}))
     write_trn(d / "ref.trn", REFS)
     write_trn(d / "hyp.trn", hyps)
@@ -125,5 +125,8 @@ def test_compare_fallback_and_labels(tmp_path):
     assert choose_compare_utt([d1, d2]) == "u1"  # nothing right in both -> first common utt
     p = plot_compare([d1, d2], ["A", "B"], "u2", tmp_path / "c.png")
     assert p.stat().st_size > 1000
+    # a x4 model beside a x8 one (the recipe's comparison figure once both exist): drawn, not refused
+    d4 = make_decode_dir(tmp_path / "x4", subsampling=4)
+    assert plot_compare([d2, d4], ["x8", "x4"], "u2", tmp_path / "c48.png").stat().st_size > 1000
     with pytest.raises(ValueError):
         plot_compare([d1, d2], ["only one"], "u2", tmp_path / "c.png")

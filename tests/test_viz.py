@@ -56,3 +56,18 @@ def test_plot_comparison_shared_time_axis(tmp_path):
         plot_comparison([("dot", monotonic(), TOKENS[:2])], tmp_path / "bad.png")
     with pytest.raises(ValueError):
         plot_comparison([], tmp_path / "bad.png")
+
+
+def test_plot_comparison_panels_with_other_frame_rates_share_seconds(tmp_path, monkeypatch):
+    """A x4 model's panel (40 ms frames) and a x8 one's (80 ms) on one time axis in seconds."""
+    import asr.viz.alignment as alignment
+
+    figs = []
+    monkeypatch.setattr(alignment, "_save_png", lambda fig, out: figs.append(fig) or out)
+    panels = [("x4", monotonic(U, 40), TOKENS), ("x8", monotonic(U, 20), TOKENS)]
+    plot_comparison(panels, tmp_path / "cmp.png", suptitle="u1", seconds_per_frame=[0.04, 0.08])
+    heat_maps = [ax for ax in figs[0].axes if ax.images and ax.get_ylabel() == "output token"]
+    assert [ax.images[0].get_extent()[1] for ax in heat_maps] == [pytest.approx(1.6), pytest.approx(1.6)]
+    assert all(ax.get_xlim() == pytest.approx((0.0, 1.6)) for ax in heat_maps)
+    with pytest.raises(ValueError, match="1 seconds_per_frame values for 2 panels"):
+        plot_comparison(panels, tmp_path / "bad.png", seconds_per_frame=[0.04])

@@ -168,6 +168,7 @@ def plot_comparison(
     frame_shift_s: float = 0.01,
     subsampling: int = 1,
     suptitle: str = "",
+    seconds_per_frame: Sequence[float] | None = None,
 ) -> Path:
     """Stack several attention maps of the same utterance (e.g. one per attention scorer).
 
@@ -178,26 +179,33 @@ def plot_comparison(
     out_path : str or Path
         PNG to write (parents created).
     frame_shift_s, subsampling : float, int
-        As in `alignment_figure`; shared by all panels.
+        As in `alignment_figure`; shared by all panels unless ``seconds_per_frame`` is given.
     suptitle : str
         Figure title (wrapped).
+    seconds_per_frame : sequence of float, optional
+        Seconds per encoder frame of each panel (``frame_shift_s * subsampling`` of its model), for
+        models with different encoder frame rates (e.g. a ×4 and a ×8 encoder).
 
     Returns
     -------
     Path
-        ``out_path``. All panels share the time axis (same x limits, ``0 .. max_i S_i * shift``) and
-        one colour scale ``0 .. max weight over all panels`` with one colorbar.
+        ``out_path``. All panels share the time axis in seconds (same x limits,
+        ``0 .. max_i S_i * seconds_per_frame_i``) and one colour scale ``0 .. max weight over all panels``
+        with one colorbar.
 
     Raises
     ------
     ValueError
-        If ``panels`` is empty or a panel's shapes are inconsistent.
+        If ``panels`` is empty, a panel's shapes are inconsistent, or ``seconds_per_frame`` does not have
+        one value per panel.
     """
     if not panels:
         raise ValueError("plot_comparison needs at least one panel")
     checked = [(label, _check(w, toks), list(toks)) for label, w, toks in panels]
-    spf = frame_shift_s * subsampling
-    t_max = max(w.shape[1] for _, w, _ in checked) * spf
+    spfs = [frame_shift_s * subsampling] * len(checked) if seconds_per_frame is None else [float(x) for x in seconds_per_frame]
+    if len(spfs) != len(checked):
+        raise ValueError(f"{len(spfs)} seconds_per_frame values for {len(checked)} panels")
+    t_max = max(w.shape[1] * spf for (_, w, _), spf in zip(checked, spfs))
     vmax = max(max(float(w.max()) for _, w, _ in checked), 1e-6)
     heights = [float(np.clip(1.0 + 0.14 * w.shape[0], 1.8, 8.0)) for _, w, _ in checked]
     fig_h = sum(heights) + 0.6 + 0.2 * (suptitle.count("\n") + 1 if suptitle else 0)
@@ -205,7 +213,7 @@ def plot_comparison(
     axes = fig.subplots(len(checked), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})
     axes = axes[:, 0]
     im = None
-    for ax, (label, w, toks) in zip(axes, checked):
+    for ax, (label, w, toks), spf in zip(axes, checked, spfs):
         im = _draw(ax, w, toks, spf, vmax=vmax)
         ax.set_title(_wrap(label), fontsize=9, loc="left")
     for ax in axes:
