@@ -130,3 +130,17 @@ def test_compare_fallback_and_labels(tmp_path):
     assert plot_compare([d2, d4], ["x8", "x4"], "u2", tmp_path / "c48.png").stat().st_size > 1000
     with pytest.raises(ValueError):
         plot_compare([d1, d2], ["only one"], "u2", tmp_path / "c.png")
+
+
+def test_compare_labels_name_the_experiments_when_scorers_repeat(tmp_path, monkeypatch):
+    import asr.cli.plot as plot_cli
+
+    seen = []
+    monkeypatch.setattr(plot_cli, "plot_comparison", lambda panels, out, **kw: seen.append([p[0] for p in panels]) or Path(out))
+    a = make_decode_dir(tmp_path / "exp_a" / "decode_test", attention="location_aware")
+    b = make_decode_dir(tmp_path / "exp_b" / "decode_test", attention="location_aware")
+    c = make_decode_dir(tmp_path / "exp_c" / "decode_test", attention="dot")
+    plot_compare([a, c], None, "u2", tmp_path / "ac.png")
+    plot_compare([a, b], None, "u2", tmp_path / "ab.png")
+    assert [t.split()[0] for t in seen[0]] == ["location_aware", "dot"]
+    assert [t.split()[0] for t in seen[1]] == ["exp_a/decode_test", "exp_b/decode_test"]

@@ -309,7 +309,8 @@ def plot_compare(
     decode_dirs : sequence of str or Path
         Decode directories (e.g. one per attention scorer), one panel each, in this order.
     labels : sequence of str, optional
-        Panel labels; empty/None -> each directory's ``meta.json`` ``attention`` (or its name).
+        Panel labels; empty/None -> each directory's ``meta.json`` ``attention`` (or its name), or, when
+        two directories share a scorer, ``<experiment folder>/<decode folder>``.
         Each panel title also shows that model's hypothesis and utterance WER.
     utt_id : str, optional
         Utterance; None -> `choose_compare_utt`.
@@ -338,6 +339,8 @@ def plot_compare(
         labels = [str(x) for x in labels]
     else:
         labels = [str(m.get("attention", d.name)) for m, d in zip(metas, dirs)]
+        if len(set(labels)) < len(labels):  # several experiments with one scorer: name them by their folders
+            labels = [f"{d.parent.name}/{d.name}" for d in dirs]
     if utt_id is None:
         utt_id = choose_compare_utt(dirs)
     panels = []
