@@ -4,6 +4,8 @@
 #   ./run.sh --an4_root /path/to/an4                      # all stages, default experiment
 #   ./run.sh --an4_root /path/to/an4 --experiment an4/additive --stage 4
 #   ./run.sh --stage 4 --stop_stage 4 --train_args "trainer.max_epochs=1 ckpt_path=last"
+#   ./run.sh --stage 5 --experiment an4/location_aware_x4_noaug --ensemble "exp/an4_pblstm_location_aware_x4" \
+#       --ensemble_name x4noaug_x4       # decode two trained experiments as one ensemble -> exp/ensemble_x4noaug_x4
 #
 # Stages (ESPnet style, --stage/--stop_stage):
 #   0 download the official corpus (skipped when --an4_root / $AN4_ROOT is given or already there)
@@ -30,6 +32,9 @@ average=5              # average the N kept epoch checkpoints for decoding (0 = 
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
 tag=""                 # suffix of the experiment folder (exp/<name><tag>), e.g. _smoke
+ensemble=""            # more trained experiment folders decoded together with this one (a model ensemble), e.g.
+                       # "exp/an4_pblstm_location_aware_x4"; their avg<N>/best checkpoints join stage 5's
+ensemble_name=""       # with --ensemble: decode folders go to exp/ensemble_<name>
 max_bad_fraction=0.05
 tokenizer_kind=bpe
 vocab_size=40
@@ -47,8 +52,10 @@ while [ $# -gt 0 ]; do
         --train_args) train_args="$2"; shift 2 ;;
         --decode_args) decode_args="$2"; shift 2 ;;
         --tag) tag="$2"; shift 2 ;;
+        --ensemble) ensemble="$2"; shift 2 ;;
+        --ensemble_name) ensemble_name="$2"; shift 2 ;;
         --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -105,20 +112,36 @@ dtag="beam${beam_size}"
 [ "${length_penalty}" != 0.5 ] && dtag="${dtag}_lp${length_penalty}"
 ckpt="${exp_dir}/checkpoints/best.ckpt"
 if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
+# An ensemble (--ensemble): the members' checkpoints of the same kind (avg<N> or best), decode folders of its own.
+decode_exp="${exp_dir}"
+members=()
+if [ -n "${ensemble}" ]; then
+    [ -n "${ensemble_name}" ] || { echo "run.sh: --ensemble needs --ensemble_name" >&2; exit 2; }
+    decode_exp="exp/ensemble_${ensemble_name}"
+    for m in ${ensemble}; do members+=("${m%/}"); done
+fi
 decode_dirs=()
-for split in dev test; do decode_dirs+=("${exp_dir}/decode_${split}_${dtag}"); done
+for split in dev test; do decode_dirs+=("${decode_exp}/decode_${split}_${dtag}"); done
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-    if [ "${average}" -gt 0 ]; then
-        log "stage 5: averaging the last ${average} kept epoch checkpoints -> ${ckpt}"
-        asr-average exp_dir="${exp_dir}" n="${average}" out="${ckpt}"
-    fi
+    member_ckpts=()
+    for d in "${exp_dir}" "${members[@]}"; do
+        [ -d "${d}/checkpoints" ] || { echo "run.sh: no trained experiment in ${d}" >&2; exit 1; }
+        c="${d}/checkpoints/$(basename "${ckpt}")"
+        if [ "${average}" -gt 0 ]; then
+            log "stage 5: averaging the last ${average} kept epoch checkpoints -> ${c}"
+            asr-average exp_dir="${d}" n="${average}" out="${c}"
+        fi
+        [ "${d}" = "${exp_dir}" ] || member_ckpts+=("${c}")
+    done
+    ens_args=()
+    [ "${#member_ckpts[@]}" -gt 0 ] && ens_args=("ensemble=[$(IFS=,; echo "${member_ckpts[*]}")]")
     for split in dev test; do
         data_split=${split}; [ "${split}" = dev ] && data_split=train_dev
-        log "stage 5: decoding ${data_split} (beam ${beam_size}, ctc_weight ${ctc_weight}, ${ckpt})"
+        log "stage 5: decoding ${data_split} (beam ${beam_size}, ctc_weight ${ctc_weight}, ${ckpt} ${member_ckpts[*]})"
         # shellcheck disable=SC2086
-        asr-decode ckpt="${ckpt}" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
-            out_dir="${exp_dir}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" \
+        asr-decode ckpt="${ckpt}" "${ens_args[@]}" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
+            out_dir="${decode_exp}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" \
             length_penalty="${length_penalty}" ${decode_args}
     done
 fi
@@ -131,20 +154,20 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-    test_dir="${exp_dir}/decode_test_${dtag}"
+    test_dir="${decode_exp}/decode_test_${dtag}"
     log "stage 7: alignment plots -> ${test_dir}/plots"
     heads=()  # Transformer decoder: also every layer's and head's cross-attention (<utt>_heads.png)
     grep -q '"decoder": "transformer"' "${test_dir}/meta.json" && heads=(heads=true feats=dump/test/feats.pt)
     asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3 "${heads[@]}"
     # One figure comparing every scorer trained so far on the same test utterance.
     mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_"${dtag}" 2>/dev/null | grep -v _smoke || true)
-    if [ -z "${tag}" ] && [ "${#others[@]}" -ge 2 ]; then
+    if [ -z "${tag}" ] && [ -z "${ensemble}" ] && [ "${#others[@]}" -ge 2 ]; then
         list=$(IFS=,; echo "${others[*]}")
         asr-plot "compare_dirs=[${list}]" out_dir=exp/plots
     fi
 fi
 
-if [ "${stop_stage}" -ge 6 ] && [ -f "${exp_dir}/decode_test_${dtag}/scoring/wer.json" ]; then
+if [ "${stop_stage}" -ge 6 ] && [ -f "${decode_exp}/decode_test_${dtag}/scoring/wer.json" ]; then
     log "results (${experiment}, ${dtag}):"
     for d in "${decode_dirs[@]}"; do
         [ -f "${d}/scoring/result.txt" ] && { echo "== ${d}"; cat "${d}/scoring/result.txt"; }
