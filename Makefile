@@ -9,7 +9,7 @@ EXPERIMENT ?= an4/location_aware_x4_noaug
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 
-.PHONY: venv test test-all smoke an4 an4-all an4-transformer results clean
+.PHONY: venv test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ smoke: venv
 # The main job: the AN4 recipe end to end with the default experiment (downloads AN4 if AN4_ROOT is empty).
 an4: venv
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment $(EXPERIMENT) --beam_size $(BEAM)
+
+# The ensemble chosen on dev (recipes/an4/README.md): the default experiment (stages 0-7), two more seeds of it and
+# two seeds of an4/location_aware_x4 (x4 + mild SpecAugment + speed perturbation), decoded together (stage 5-7)
+# into exp/ensemble_x4noaug3_x4aug2. The five trainings took 269 min of wall time here (one torch thread each,
+# two at a time on the 2-core CPU).
+X4_RUN = recipes/an4/run.sh --stage 4 --stop_stage 4
+an4-ensemble: an4
+	$(X4_RUN) --experiment an4/location_aware_x4_noaug --tag _seed2 --train_args seed=2
+	$(X4_RUN) --experiment an4/location_aware_x4_noaug --tag _seed3 --train_args seed=3
+	$(X4_RUN) --experiment an4/location_aware_x4
+	$(X4_RUN) --experiment an4/location_aware_x4 --tag _seed2 --train_args seed=2
+	recipes/an4/run.sh --stage 5 --experiment an4/location_aware_x4_noaug --beam_size $(BEAM) --ensemble_name x4noaug3_x4aug2 \
+	  --ensemble "exp/an4_pblstm_location_aware_x4_noaug_seed2 exp/an4_pblstm_location_aware_x4_noaug_seed3 exp/an4_pblstm_location_aware_x4 exp/an4_pblstm_location_aware_x4_seed2"
 
 # All five scorers, one after the other (stages 1-3 run once), then the results table.
 # (an4-transformer: the Transformer + CTC experiment of conf/experiment/an4/transformer_ctc.yaml.)
