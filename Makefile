@@ -39,7 +39,7 @@ an4: venv
 
 # The ensemble chosen on dev (recipes/an4/README.md): the default experiment (stages 0-7), two more seeds of it and
 # two seeds of an4/location_aware_x4 (x4 + mild SpecAugment + speed perturbation), decoded together (stage 5-7)
-# into exp/ensemble_x4noaug3_x4aug2. The five trainings took 269 min of wall time here (one torch thread each,
+# into exp/ensemble_x4noaug3_x4aug2 with length penalty 1.0 (chosen on dev). The five trainings took 269 min of wall time here (one torch thread each,
 # two at a time on the 2-core CPU).
 X4_RUN = recipes/an4/run.sh --stage 4 --stop_stage 4
 an4-ensemble: an4
@@ -47,7 +47,7 @@ an4-ensemble: an4
 	$(X4_RUN) --experiment an4/location_aware_x4_noaug --tag _seed3 --train_args seed=3
 	$(X4_RUN) --experiment an4/location_aware_x4
 	$(X4_RUN) --experiment an4/location_aware_x4 --tag _seed2 --train_args seed=2
-	recipes/an4/run.sh --stage 5 --experiment an4/location_aware_x4_noaug --beam_size $(BEAM) --ensemble_name x4noaug3_x4aug2 \
+	recipes/an4/run.sh --stage 5 --experiment an4/location_aware_x4_noaug --beam_size $(BEAM) --length_penalty 1.0 --ensemble_name x4noaug3_x4aug2 \
 	  --ensemble "exp/an4_pblstm_location_aware_x4_noaug_seed2 exp/an4_pblstm_location_aware_x4_noaug_seed3 exp/an4_pblstm_location_aware_x4 exp/an4_pblstm_location_aware_x4_seed2"
 
 # All five scorers, one after the other (stages 1-3 run once), then the results table.
