@@ -141,8 +141,9 @@ def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
         **dataclasses.asdict(opts),  # every search option
         **source,
     }
-    if _ensemble_paths(cfg):
-        settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": _file_sha256(c)} for c in _ensemble_paths(cfg)]
+    members = _ensemble_paths(cfg)
+    if members:
+        settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": _file_sha256(c)} for c in members]
     return settings
 
 

@@ -61,6 +61,7 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment  # as CSVLogger: other DDP ranks get a no-op writer
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        """The CSV writer, created on first use (rank 0 only); it trims or replaces ``metrics.csv`` then."""
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingExperimentWriter(self.log_dir, self._keep_until_epoch)
