@@ -9,15 +9,25 @@ EXPERIMENT ?= an4/location_aware_x4_noaug
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 
-.PHONY: venv test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean
+.PHONY: venv lock test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean
 
-$(VENV)/.installed: pyproject.toml
+# Installs the exact versions of requirements.lock (every package, sha256-checked), then the project itself
+# without resolving anything again. `make lock` rewrites the lock from pyproject.toml (see README, "Install").
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c "import torch, torchaudio; print('torch', torch.__version__, '/ torchaudio', torchaudio.__version__)"
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolve the lock (uv's pip-compatible compiler; one universal lock for Linux/macOS/Windows, Python >= 3.10).
+UV_VERSION ?= 0.13.9
+lock:
+	$(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv pip compile pyproject.toml --extra test --universal --python-version 3.10 --generate-hashes \
+	  --no-header -o requirements.lock
 
 # Non-slow tests; then, when AN4_ROOT points at the corpus, a 1-epoch smoke run of the recipe on it.
 test: venv
