@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotune, compile)")
     ap.add_argument("--max_duration", type=float, default=240.0, help="seconds of padded audio per dynamic batch")
     ap.add_argument("--compile", action="store_true", help="also rows with torch.compile on the encoder")
+    ap.add_argument("--only_compile", action="store_true", help="the eager baseline row and the compile row only")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         settings += [("b8 bf16", 8, 0.0, True, False), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False)]
     if args.compile:
         settings += [(f"{args.max_duration:g}s {'bf16' if args.device.startswith('cuda') else 'fp32'} compile", 1000, args.max_duration, args.device.startswith("cuda"), True)]
+    if args.only_compile:
+        settings = [settings[0], settings[-1]] if args.compile else settings[:1]
     rows = []
     for name in args.models.split(","):
         cfg = model_config(EXPERIMENTS[name])
