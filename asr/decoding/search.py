@@ -313,8 +313,8 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
 
 @torch.no_grad()
 def beam_search(
-    model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None
-) -> list[Hypothesis]:
+    model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None, nbest: int = 0
+) -> list[Hypothesis] | list[list[Hypothesis]]:
     """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
 
     At each step the ``2K`` best extensions of each utterance are taken; those ending in eos among the best
@@ -334,7 +334,8 @@ def beam_search(
     ``(1 - λ) mean_m log p_att^m + λ mean_m Δ_ctc^m``; the maximum lengths and ``Hypothesis.attention`` come
     from the first member.
 
-    Parameters and returns as :func:`greedy_search`.
+    Parameters and returns as :func:`greedy_search`; with ``nbest`` > 0, one list per utterance of its (at most)
+    ``nbest`` best finished hypotheses, best first.
 
     Raises
     ------
@@ -416,7 +417,9 @@ def beam_search(
         if bool(done.all()):
             break
         scores = scores.masked_fill(done.to(dev)[:, None], float("-inf"))
-    return [max(f, key=lambda h: h.norm_score) for f in finished]
+    # best first; sorted() is stable, so ties keep their finishing order and [0] is max()'s choice
+    ranked = [sorted(f, key=lambda h: h.norm_score, reverse=True) for f in finished]
+    return [r[:nbest] for r in ranked] if nbest else [r[0] for r in ranked]
 
 
 def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
