@@ -30,7 +30,6 @@ tokenizer, the features, the attention weights (``attention.npz``, plots) and ``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ from asr.features.fbank import FbankOptions, compute_fbank
 from asr.models.checkpoint import fbank_options, load_checkpoint
 from asr.models.asr_model import AttentionASRModel
 from asr.text.tokenizer import Tokenizer
+from asr.utils.io import file_sha256 as _file_sha256
 from asr.utils.paths import CONF_DIR
 
 log = logging.getLogger("asr.decode")
@@ -114,14 +114,6 @@ def _check_data_dir_audio(ds: ASRDataset, fbank: FbankOptions) -> tuple[list[Utt
 
 
 _PARTIAL_VERSION = 1
-
-
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:

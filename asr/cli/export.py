@@ -13,13 +13,13 @@ else the toolkit's defaults.
 
 Options: ``dtype`` (``float32``, the default, is bit-identical to the checkpoint; ``float16`` halves the size),
 ``name`` (card title, default the output folder's name), ``license`` (default ``apache-2.0``, the toolkit's; the
-training data's own terms are noted separately), ``data_license`` (a note on the training data's licence).
+training data's own terms are noted separately), ``data_license`` (a note on the training data's licence), ``note`` (text added under the results, e.g. the WER
+that ``scripts/transcribe_wer.py`` measured with the exported directory).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -33,6 +33,7 @@ from asr.decoding.results import read_meta
 from asr.decoding.search import DecodingOptions, resolve_options
 from asr.models.checkpoint import fbank_options, load_checkpoint
 from asr.models.pretrained import TOKENIZER, WEIGHTS, save_model_dir
+from asr.utils.io import file_sha256
 
 log = logging.getLogger("asr.export")
 
@@ -43,14 +44,6 @@ AN4_NOTE = (
     "free for any purpose under the CMU licence: redistributions must keep its copyright notice and conditions "
     "(see `tests/data/an4/LICENSE` in the asr repository)."
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_decode_dirs(ckpt: str | Path) -> list[Path]:
@@ -87,7 +80,7 @@ def _results_rows(decode_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], train: dict[str, Any], license_id: str, data_license: str, weights_mb: float) -> str:
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], train: dict[str, Any], license_id: str, data_license: str, weights_mb: float, note: str = "", where: str | None = None) -> str:
     """The ``README.md`` text of a model directory (Hugging Face model-card layout: YAML front matter, then
     Markdown)."""
     m = config["model"]
@@ -128,9 +121,11 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], tr
             lines.append(f"| {r['split']} (`{r['dir']}`) | {r['wer']:.2f} | {r['cer']:.2f} | {r['n_utts']} | {opts} |")
     else:
         lines.append("Not evaluated (no scored decode folder of this checkpoint was found).")
+    if note:
+        lines += ["", note]
     lines += ["", "## Usage", "", "```python", "from asr import Speech2Text", "",
-              f's2t = Speech2Text.from_pretrained("{name}")', 'print(s2t.transcribe(["audio.wav"])[0].text)', "```", "",
-              "or `asr-transcribe --model <this folder> audio.wav`.", "",
+              f's2t = Speech2Text.from_pretrained("{where or name}")', 'print(s2t.transcribe(["audio.wav"])[0].text)', "```", "",
+              f"or `asr-transcribe --model {where or name} audio.wav`.", "",
               "## Licence", "", f"Model: {license_id}. {data_license}".strip(), ""]
     src = config.get("source") or {}
     if src:
@@ -138,7 +133,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], tr
     return "\n".join(lines)
 
 
-def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode_dirs: Sequence[str | Path] | None = None, name: str | None = None, license_id: str = "apache-2.0", data_license: str | None = None) -> dict[str, Any]:
+def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode_dirs: Sequence[str | Path] | None = None, name: str | None = None, license_id: str = "apache-2.0", data_license: str | None = None, note: str = "") -> dict[str, Any]:
     """Export ``ckpt`` to ``out_dir`` (module docstring); returns the ``config.yaml`` content.
 
     Raises
@@ -165,9 +160,9 @@ def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode
     if data_license is None:
         data_license = AN4_NOTE if "an4" in str(train.get("data", "")).lower() or "an4" in exp.name else ""
     out = Path(out_dir)
-    config = save_model_dir(out, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": _sha256(ckpt)})
+    config = save_model_dir(out, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)})
     mb = (out / WEIGHTS).stat().st_size / 1e6
-    (out / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb), encoding="utf-8")
+    (out / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, str(out_dir)), encoding="utf-8")
     log.info("exported %s -> %s (%s, %.1f MB of weights)", ckpt, out, dtype, mb)
     return config
 
@@ -175,11 +170,11 @@ def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``asr-export ckpt=... out_dir=... [dtype=float16] [decode_dirs=[...]] [name=...] [license=...]``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    defaults = {"ckpt": None, "out_dir": None, "dtype": "float32", "decode_dirs": [], "name": None, "license": "apache-2.0", "data_license": None}
+    defaults = {"ckpt": None, "out_dir": None, "dtype": "float32", "decode_dirs": [], "name": None, "license": "apache-2.0", "data_license": None, "note": ""}
     cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv)))
     if not cfg.ckpt or not cfg.out_dir:
         raise SystemExit("asr-export needs ckpt=<checkpoint> out_dir=<model directory>")
-    export(cfg.ckpt, cfg.out_dir, cfg.dtype, list(cfg.decode_dirs or []), cfg.name, cfg.license, cfg.data_license)
+    export(cfg.ckpt, cfg.out_dir, cfg.dtype, list(cfg.decode_dirs or []), cfg.name, cfg.license, cfg.data_license, cfg.note)
     print(f"{cfg.out_dir}: {', '.join(p.name for p in sorted(Path(cfg.out_dir).iterdir()))}")
 
 
