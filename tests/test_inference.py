@@ -292,12 +292,15 @@ SHIPPED = ROOT / "models/an4_pblstm_x4"
 
 
 @pytest.mark.skipif(not (SHIPPED / "config.yaml").is_file(), reason="no shipped model in models/")
-def test_shipped_model_transcribes_a_test_utterance():
+def test_shipped_model_transcribes_the_test_utterances():
+    """The AN4 model in models/ (<= 15 MB) loads from its directory and recognises the two test utterances of
+    tests/data/an4 (WER < 30 %: a trained model, not a random one)."""
     from asr import Speech2Text
+    from asr.data.an4 import parse_transcription_line
+    from asr.metrics.wer import score
 
     assert (SHIPPED / "model.safetensors").stat().st_size <= 15e6
-    r = Speech2Text.from_pretrained(SHIPPED).transcribe([TEST_WAV])[0]
-    from asr.data.an4 import parse_transcription_line
-
     refs = dict(parse_transcription_line(x) for x in (MINI_AN4 / "etc/an4_test.transcription").read_text().splitlines())
-    assert r.text == refs["an419-fjlp-b"]
+    wavs = [str(MINI_AN4 / f"wav/{i.strip()}.wav") for i in (MINI_AN4 / "etc/an4_test.fileids").read_text().split()]
+    results = Speech2Text.from_pretrained(SHIPPED).transcribe(wavs)
+    assert score([refs[Path(w).stem] for w in wavs], [r.text for r in results]).wer < 0.3
