@@ -18,7 +18,7 @@ import time
 import torch
 
 from asr.decoding.search import DecodingOptions, decode_batch
-from asr.lightning.module import load_checkpoint
+from asr.models.checkpoint import load_checkpoint
 
 
 def main() -> None:

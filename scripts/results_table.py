@@ -25,6 +25,12 @@ import json
 import re
 from pathlib import Path
 
+from asr.decoding.results import read_meta
+from asr.decoding.search import DecodingOptions
+
+#: The decoding defaults (run.sh names a decode folder _lp<x> only when its length penalty differs).
+DEFAULTS = DecodingOptions()
+
 
 def _wer(d: Path) -> dict | None:
     f = d / "scoring" / "wer.json"
@@ -66,12 +72,12 @@ def _label(exp: Path) -> tuple[str, str]:
 
 
 def _decoding(setting: str, meta: dict) -> str:
-    w = float(meta.get("ctc_weight", 0.0))
+    w = float(meta["ctc_weight"])
     how = "attention" if w == 0 else ("CTC greedy" if w == 1 and meta["beam_size"] == 1 else f"joint λ={w:g}")
     stems = list(dict.fromkeys(Path(c).stem for c in meta.get("ensemble", [meta["checkpoint"]])))
     ckpt = " + ".join(stems)
-    lp = float(meta.get("length_penalty", 0.5))
-    return f"{how}, beam {meta['beam_size']}{'' if lp == 0.5 else f', lp {lp:g}'}, {ckpt}"
+    lp = float(meta["length_penalty"])
+    return f"{how}, beam {meta['beam_size']}{'' if lp == DEFAULTS.length_penalty else f', lp {lp:g}'}, {ckpt}"
 
 
 def _ensemble_row(exp_root: Path, folder: Path, setting: str, meta: dict, dev: dict, test: dict) -> str:
@@ -92,8 +98,8 @@ def _ensemble_row(exp_root: Path, folder: Path, setting: str, meta: dict, dev: d
     wall = f"{sum(x['train_wall_s'] for x in summaries) / 60:.1f} min" if known else "-"
     machine = " / ".join(dict.fromkeys(x["machine"] for x in summaries)) if known else "-"
     omp = "OMP_NUM_THREADS=1 " if meta.get("threads") == 1 else ""
-    opts = f"beam_size={meta['beam_size']} ctc_weight={meta.get('ctc_weight', 0)} length_penalty={meta.get('length_penalty', 0.5)}"
-    if meta.get("max_len_ratio", 1.5) != 1.5:
+    opts = f"beam_size={meta['beam_size']} ctc_weight={meta['ctc_weight']} length_penalty={meta['length_penalty']}"
+    if meta["max_len_ratio"] != DEFAULTS.max_len_ratio:
         opts += f" max_len_ratio={meta['max_len_ratio']}"
     if meta.get("threads") == 1:
         opts += " threads=1"
@@ -124,7 +130,7 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             dev, test = _wer(exp / f"decode_dev_{setting}"), _wer(test_dir)
             if not (dev and test):
                 continue
-            meta = json.loads((test_dir / "meta.json").read_text())
+            meta = read_meta(test_dir)
             if meta.get("ensemble"):
                 out.append(_ensemble_row(exp_root, exp, setting, meta, dev, test))
                 continue

@@ -27,7 +27,7 @@ def _write_ckpts(mini_an4, tmp_path, n=3):
 
 
 def test_averaged_checkpoint_is_the_elementwise_mean_and_loads(mini_an4, tmp_path):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     paths = _write_ckpts(mini_an4, tmp_path)
     out = tmp_path / "avg.ckpt"

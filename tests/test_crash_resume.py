@@ -41,7 +41,7 @@ def _module_checkpoint(root: Path) -> dict:
 # ---- 1. atomic checkpoint writing -------------------------------------------------------------------
 @pytest.mark.parametrize("failure", ["torch.save raises half-way", "os.replace raises"])
 def test_interrupted_checkpoint_save_leaves_previous_checkpoint_usable(mini_an4, tmp_path, monkeypatch, failure):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
     from asr.utils.io import atomic_torch_save
 
     old = _module_checkpoint(mini_an4)
@@ -73,7 +73,7 @@ def test_interrupted_checkpoint_save_leaves_previous_checkpoint_usable(mini_an4,
 
 def test_sigkill_during_checkpoint_save_keeps_previous_and_stale_temp_is_removed(mini_an4, tmp_path):
     """A real SIGKILL in the middle of torch.save: the old file survives; the orphaned temp is cleaned up later."""
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
     from asr.utils.io import atomic_torch_save, remove_stale_temp_files
 
     path = tmp_path / "ckpts/last.ckpt"

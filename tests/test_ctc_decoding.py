@@ -88,7 +88,7 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
 def test_joint_search_with_zero_ctc_weight_equals_attention_only(batch):
     model = tiny_ctc_model()
     xs, lens = batch
-    opts = DecodingOptions(beam_size=4, ctc_weight=0.0)
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.0, length_penalty=1.0)
     att = beam_search(model, xs, lens, opts)
     joint = beam_search(model, xs, lens, opts, use_ctc=True)
     assert [h.tokens for h in att] == [h.tokens for h in joint]
@@ -98,9 +98,9 @@ def test_joint_search_with_zero_ctc_weight_equals_attention_only(batch):
 def test_ctc_weight_changes_the_search_and_batched_equals_per_utterance(batch):
     model = tiny_ctc_model()
     xs, lens = batch
-    opts = DecodingOptions(beam_size=4, ctc_weight=0.5)
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.5, length_penalty=1.0)
     joint = beam_search(model, xs, lens, opts)
-    att = beam_search(model, xs, lens, DecodingOptions(beam_size=4))
+    att = beam_search(model, xs, lens, DecodingOptions(beam_size=4, length_penalty=1.0, ctc_weight=0.0))
     assert [h.score for h in joint] != pytest.approx([h.score for h in att], abs=1e-3)
     for i in range(xs.shape[0]):
         single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], opts)[0]
@@ -125,13 +125,13 @@ def test_ctc_only_beam_scores_are_ctc_label_probabilities(batch):
 def test_decode_batch_dispatch_and_errors(batch):
     model = tiny_ctc_model()
     xs, lens = batch
-    g = decode_batch(model, xs, lens, DecodingOptions(beam_size=1, ctc_weight=1.0))
+    g = decode_batch(model, xs, lens, DecodingOptions(beam_size=1, ctc_weight=1.0, length_penalty=1.0))
     assert [h.tokens for h in g] == [h.tokens for h in ctc_greedy_search(model, xs, lens)]
     assert all(h.attention.shape[0] == len(h.tokens) + 1 for h in g)
-    a = decode_batch(model, xs, lens, DecodingOptions(beam_size=1))
+    a = decode_batch(model, xs, lens, DecodingOptions(beam_size=1, length_penalty=1.0, ctc_weight=0.0))
     assert [h.tokens for h in a] == [h.tokens for h in greedy_search(model, xs, lens)]
     model.ctc = None
     with pytest.raises(ValueError, match="CTC branch"):
-        decode_batch(model, xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3))
+        decode_batch(model, xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3, length_penalty=1.0))
     with pytest.raises(ValueError, match="ctc_weight"):
         DecodingOptions(ctc_weight=1.5)

@@ -118,8 +118,8 @@ def test_truncated_last_partial_line_is_ignored_and_redecoded(ckpt, mini_an4, re
     monkeypatch.undo()
     calls = _interrupt_after(monkeypatch, 99)
     seen: list[str] = []
-    real_save = decode_mod._save_batch
-    monkeypatch.setattr(decode_mod, "_save_batch", lambda o, s, rows, atts, f: (seen.extend(r["utt_id"] for r in rows), real_save(o, s, rows, atts, f)))
+    real_save = decode_mod.save_batch
+    monkeypatch.setattr(decode_mod, "save_batch", lambda o, s, rows, atts, f: (seen.extend(r["utt_id"] for r in rows), real_save(o, s, rows, atts, f)))
     info = decode(_cfg(ckpt, mini_an4, out))
     assert info["resumed_utts"] == 3 and info["n_utts"] == N_UTTS
     assert sum(calls) == 3 and lost in seen  # the utterance of the truncated line was decoded again

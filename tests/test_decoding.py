@@ -46,13 +46,13 @@ def trained(mini_an4, real_feats):
 
 def test_trained_model_beam_equals_greedy_and_batched_equals_single(trained):
     model, xs, lens = trained
-    g = greedy_search(model, xs, lens, DecodingOptions(length_penalty=0.0))
-    b1 = beam_search(model, xs, lens, DecodingOptions(beam_size=1, length_penalty=0.0))
+    g = greedy_search(model, xs, lens, DecodingOptions(length_penalty=0.0, ctc_weight=0.0))
+    b1 = beam_search(model, xs, lens, DecodingOptions(beam_size=1, length_penalty=0.0, ctc_weight=0.0))
     assert [h.tokens for h in g] == [h.tokens for h in b1]
     assert all(len(h.tokens) > 3 for h in g)  # a trained model emits real hypotheses, not just eos
-    b4 = beam_search(model, xs, lens, DecodingOptions(beam_size=4))
+    b4 = beam_search(model, xs, lens, DecodingOptions(beam_size=4, length_penalty=1.0, ctc_weight=0.0))
     for i in range(xs.shape[0]):
-        single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], DecodingOptions(beam_size=4))[0]
+        single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], DecodingOptions(beam_size=4, length_penalty=1.0, ctc_weight=0.0))[0]
         assert single.tokens == b4[i].tokens
         assert single.norm_score == pytest.approx(b4[i].norm_score, abs=1e-4)
 
@@ -61,7 +61,7 @@ def test_trained_model_beam_equals_greedy_and_batched_equals_single(trained):
 def test_beam_one_equals_greedy(batch, kind):
     model = _model(kind)
     xs, lens = batch
-    opts = DecodingOptions(beam_size=1, max_len_ratio=1.0, length_penalty=0.0)
+    opts = DecodingOptions(beam_size=1, max_len_ratio=1.0, length_penalty=0.0, ctc_weight=0.0)
     g = greedy_search(model, xs, lens, opts)
     b = beam_search(model, xs, lens, opts)
     assert [h.tokens for h in g] == [h.tokens for h in b]
@@ -74,7 +74,7 @@ def test_beam_one_equals_greedy(batch, kind):
 def test_batched_beam_equals_per_utterance_beam(batch, beam):
     model = _model()
     xs, lens = batch
-    opts = DecodingOptions(beam_size=beam, max_len_ratio=1.0)
+    opts = DecodingOptions(beam_size=beam, max_len_ratio=1.0, length_penalty=1.0, ctc_weight=0.0)
     batched = beam_search(model, xs, lens, opts)
     for i in range(xs.shape[0]):
         single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], opts)[0]
@@ -87,7 +87,7 @@ def test_hypothesis_attention_shape_and_max_length(batch):
     model = _model()
     xs, lens = batch
     enc_lens = model.encoder.output_lengths(lens)
-    opts = DecodingOptions(beam_size=4, max_len_ratio=0.5, min_len=2)
+    opts = DecodingOptions(beam_size=4, max_len_ratio=0.5, min_len=2, length_penalty=1.0, ctc_weight=0.0)
     for h, s in zip(beam_search(model, xs, lens, opts), enc_lens.tolist()):
         assert h.attention.shape[1] == s
         assert h.attention.shape[0] in (len(h.tokens), len(h.tokens) + 1)
@@ -98,7 +98,7 @@ def test_hypothesis_attention_shape_and_max_length(batch):
 def test_beam_search_finds_no_worse_raw_score_than_greedy(batch):
     model = _model(seed=1)
     xs, lens = batch
-    g = greedy_search(model, xs, lens, DecodingOptions(length_penalty=0.0))
-    b = beam_search(model, xs, lens, DecodingOptions(beam_size=8, length_penalty=0.0))
+    g = greedy_search(model, xs, lens, DecodingOptions(length_penalty=0.0, ctc_weight=0.0))
+    b = beam_search(model, xs, lens, DecodingOptions(beam_size=8, length_penalty=0.0, ctc_weight=0.0))
     # greedy's path is among those a wide beam explores first, so beam's best is at least as probable
     assert all(hb.score >= hg.score - 1e-4 for hg, hb in zip(g, b))

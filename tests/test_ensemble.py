@@ -36,7 +36,7 @@ def members():
 def test_one_member_list_equals_the_bare_model(batch, ctc_weight):
     model = tiny_ctc_model()
     xs, lens = batch
-    opts = DecodingOptions(beam_size=4, ctc_weight=ctc_weight)
+    opts = DecodingOptions(beam_size=4, ctc_weight=ctc_weight, length_penalty=1.0)
     _same(beam_search([model], xs, lens, opts), beam_search(model, xs, lens, opts))
     _same(decode_batch([model], xs, lens, opts), decode_batch(model, xs, lens, opts))
     if ctc_weight == 0:
@@ -47,7 +47,7 @@ def test_same_model_twice_equals_the_model_alone(batch):
     """The mean of identical log-probabilities is the log-probability itself."""
     model = tiny_ctc_model()
     xs, lens = batch
-    opts = DecodingOptions(beam_size=4, ctc_weight=0.3)
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.3, length_penalty=1.0)
     alone, twice = beam_search(model, xs, lens, opts), beam_search([model, model], xs, lens, opts)
     assert [h.tokens for h in twice] == [h.tokens for h in alone]
     assert [h.score for h in twice] == pytest.approx([h.score for h in alone], abs=1e-6)
@@ -57,7 +57,7 @@ def test_members_with_other_frame_rates_decode_batched_as_unbatched(members, bat
     xs, lens = batch
     first_frames = members[0].encoder.output_lengths(lens)
     assert not torch.equal(first_frames, members[1].encoder.output_lengths(lens))  # ×4 and ×8
-    opts = DecodingOptions(beam_size=4, ctc_weight=0.3)
+    opts = DecodingOptions(beam_size=4, ctc_weight=0.3, length_penalty=1.0)
     hyps = beam_search(members, xs, lens, opts)
     for i, h in enumerate(hyps):
         assert h.attention.shape[1] == int(first_frames[i])  # the first member's attention
@@ -110,7 +110,7 @@ def test_beam_one_score_is_the_mean_of_the_members_scores(members, batch, ctc_we
 def test_members_must_share_the_vocabulary_and_ctc(members, batch):
     xs, lens = batch
     with pytest.raises(ValueError, match="member 1 has vocab_size 13"):
-        beam_search([members[0], tiny_ctc_model(seed=2, vocab_size=13)], xs, lens, DecodingOptions(beam_size=2))
+        beam_search([members[0], tiny_ctc_model(seed=2, vocab_size=13)], xs, lens, DecodingOptions(beam_size=2, length_penalty=1.0, ctc_weight=0.0))
     other_eos = tiny_ctc_model(seed=2)
     other_eos.eos_id = 4
     with pytest.raises(ValueError, match="eos_id"):
@@ -118,12 +118,12 @@ def test_members_must_share_the_vocabulary_and_ctc(members, batch):
     no_ctc = tiny_ctc_model(seed=2)
     no_ctc.ctc = None
     with pytest.raises(ValueError, match=r"CTC branch; member\(s\) \[1\]"):
-        beam_search([members[0], no_ctc], xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3))
-    assert len(beam_search([members[0], no_ctc], xs, lens, DecodingOptions(beam_size=2))) == 4  # attention only: fine
+        beam_search([members[0], no_ctc], xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3, length_penalty=1.0))
+    assert len(beam_search([members[0], no_ctc], xs, lens, DecodingOptions(beam_size=2, length_penalty=1.0, ctc_weight=0.0))) == 4  # attention only: fine
     with pytest.raises(ValueError, match="best-path"):
         ctc_greedy_search(members, xs, lens)
     # CTC-only with beam 1: an ensemble goes to the prefix-score beam search.
-    opts = DecodingOptions(beam_size=1, ctc_weight=1.0)
+    opts = DecodingOptions(beam_size=1, ctc_weight=1.0, length_penalty=1.0)
     _same(decode_batch(members, xs, lens, opts), beam_search(members, xs, lens, opts))
 
 
@@ -160,14 +160,14 @@ def _decode_cfg(ckpt, mini_an4, out, *overrides: str):
 
 def test_asr_decode_ensemble_writes_meta_and_resume_settings(ckpts, mini_an4, tmp_path):
     from asr.cli.decode import _file_sha256
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     x4, x8 = ckpts
     cfg = _decode_cfg(x4, mini_an4, tmp_path / "ens", f"ensemble=[{x8}]")
     info = decode(cfg)
     meta = json.loads((tmp_path / "ens/meta.json").read_text())
     assert meta == info and meta["ensemble"] == [str(x4), str(x8)] and meta["subsampling"] == 4
-    settings = _resume_settings(cfg, DecodingOptions(beam_size=2, max_len_ratio=0.5, min_len=1, ctc_weight=0.3))
+    settings = _resume_settings(cfg, DecodingOptions(beam_size=2, max_len_ratio=0.5, min_len=1, ctc_weight=0.3, length_penalty=1.0))
     assert settings["ensemble"] == [{"checkpoint": str(x8.resolve()), "checkpoint_sha256": _file_sha256(x8)}]
     first = load_checkpoint(str(x4))[0]
     rows = [json.loads(line) for line in (tmp_path / "ens/results.jsonl").read_text().splitlines()]

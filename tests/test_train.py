@@ -81,7 +81,7 @@ def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path):
     from asr.cli.plot import plot_decode_dir
     from asr.cli.score import score_decode_dir
     from asr.cli.train import train
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     exp = tmp_path / "exp"
     summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
@@ -136,7 +136,7 @@ def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     # checkpoint asr-decode loads
     assert summary["train_wall_s"] > summary["last_run_wall_s"] > 0
     from asr.cli.average import average_checkpoints, find_epoch_checkpoints
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     kept = find_epoch_checkpoints(exp)
     assert [p.name for p in kept] == ["epoch000.ckpt", "epoch001.ckpt"]

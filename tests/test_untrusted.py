@@ -39,7 +39,7 @@ def test_payload_is_live_when_loaded_unsafely(malicious_ckpt):
 
 
 def test_load_checkpoint_refuses_pickled_code(malicious_ckpt):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     path, marker = malicious_ckpt
     with pytest.raises(ValueError, match="refusing to load checkpoint .*weights_only=True"):
@@ -66,7 +66,7 @@ def test_resume_refuses_pickled_code(malicious_ckpt, mini_an4, tmp_path):
     ],
 )
 def test_stored_config_with_target_is_refused(mini_an4, tmp_path, where, edit, key_path):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     ckpt = _module_checkpoint(mini_an4)
     edit(ckpt["asr"][where])
@@ -78,7 +78,7 @@ def test_stored_config_with_target_is_refused(mini_an4, tmp_path, where, edit, k
 
 @pytest.mark.parametrize("name, ok", [("adam", True), ("torch.optim.AdamW", True), ("SGD", True), ("torch.optim.LBFGS", False), ("os.system", False)])
 def test_stored_optimiser_must_be_allowed(mini_an4, tmp_path, name, ok):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     ckpt = _module_checkpoint(mini_an4)
     ckpt["asr"]["optim_cfg"]["optimizer"] = name
@@ -92,7 +92,7 @@ def test_stored_optimiser_must_be_allowed(mini_an4, tmp_path, name, ok):
 
 
 def test_unknown_encoder_type_in_checkpoint_is_refused(mini_an4, tmp_path):
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
 
     ckpt = _module_checkpoint(mini_an4)
     ckpt["asr"]["model_cfg"]["encoder"]["type"] = "subprocess.Popen"

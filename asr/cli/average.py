@@ -23,19 +23,10 @@ from typing import Any, Sequence
 import torch
 from omegaconf import OmegaConf
 
+from asr.models.checkpoint import ASR_KEY, read_checkpoint
 from asr.utils.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger("asr.average")
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # refuse anything that is not plain tensors/containers
-        raise ValueError(f"refusing to load checkpoint {path}: not loadable with weights_only=True ({exc})") from exc
-    if "state_dict" not in ckpt or "asr" not in ckpt:
-        raise ValueError(f"{path} is not an asr training checkpoint (needs 'state_dict' and 'asr' entries)")
-    return ckpt
 
 
 def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -82,13 +73,13 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict[st
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no checkpoints to average")
-    ckpts = [_load(p) for p in paths]
-    cfg0 = ckpts[0]["asr"].get("model_cfg")
+    ckpts = [read_checkpoint(p) for p in paths]
+    cfg0 = ckpts[0][ASR_KEY].get("model_cfg")
     for p, c in zip(paths[1:], ckpts[1:]):
-        if c["asr"].get("model_cfg") != cfg0:
+        if c[ASR_KEY].get("model_cfg") != cfg0:
             raise ValueError(f"{p} has a different model config than {paths[0]}: cannot average")
     avg = average_state_dicts([c["state_dict"] for c in ckpts])
-    result = {"state_dict": avg, "asr": ckpts[0]["asr"], "averaged_from": [str(p) for p in paths], "epoch": max(int(c.get("epoch", 0)) for c in ckpts)}
+    result = {"state_dict": avg, ASR_KEY: ckpts[0][ASR_KEY], "averaged_from": [str(p) for p in paths], "epoch": max(int(c.get("epoch", 0)) for c in ckpts)}
     atomic_torch_save(result, out)
     summary = {"out": str(out), "inputs": [str(p) for p in paths], "epochs": [int(c.get("epoch", -1)) for c in ckpts]}
     atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(str(out) + ".json"))

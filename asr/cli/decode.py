@@ -30,11 +30,7 @@ tokenizer, the features, the attention weights (``attention.npz``, plots) and ``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -47,14 +43,27 @@ from tqdm import tqdm
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION, Utterance
 from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, load_split, make_collate
-from asr.decoding.search import DecodingOptions, decode_batch
+from asr.decoding.results import (
+    PARTIAL_DIR,
+    PARTIAL_RESULTS,
+    attention_matrix,
+    build_meta,
+    hypothesis_row,
+    load_partial,
+    remove_partial,
+    save_batch,
+    write_errors,
+    write_final,
+    write_meta,
+    write_partial_settings,
+)
+from asr.decoding.search import DecodingOptions, decode_batch, resolve_options
 from asr.features.audio import AudioError, audio_duration, load_audio
 from asr.features.fbank import FbankOptions, compute_fbank
-from asr.lightning.module import load_checkpoint
-from asr.metrics.wer import write_trn
+from asr.models.checkpoint import fbank_options, load_checkpoint
 from asr.models.asr_model import AttentionASRModel
 from asr.text.tokenizer import Tokenizer
-from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
+from asr.utils.io import file_sha256 as _file_sha256
 from asr.utils.paths import CONF_DIR
 
 log = logging.getLogger("asr.decode")
@@ -104,25 +113,7 @@ def _check_data_dir_audio(ds: ASRDataset, fbank: FbankOptions) -> tuple[list[Utt
     return utts, feats, errors
 
 
-def _write_errors(errors: list[tuple[str, str]], out_dir: Path) -> None:
-    def clean(x: str) -> str:
-        return " ".join(x.split())  # one line, one tab per row
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / "errors.tsv")
-
-
-PARTIAL_RESULTS = "results.partial.jsonl"
-PARTIAL_DIR = ".partial"
 _PARTIAL_VERSION = 1
-
-
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
@@ -145,6 +136,12 @@ def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
     if members:
         settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": _file_sha256(c)} for c in members]
     return settings
+
+
+def _given_options(cfg: DictConfig) -> dict[str, Any]:
+    """The search options set in ``cfg`` (``conf/decode.yaml`` leaves them null: the defaults of
+    :class:`~asr.decoding.search.DecodingOptions`, see :func:`~asr.decoding.search.resolve_options`)."""
+    return {f.name: cfg[f.name] for f in dataclasses.fields(DecodingOptions) if cfg.get(f.name) is not None}
 
 
 def _ensemble_paths(cfg: DictConfig) -> list[str]:
@@ -196,73 +193,6 @@ def _load_members(cfg: DictConfig, first: AttentionASRModel, tok: Tokenizer, met
     return models
 
 
-def _remove_partial(out_dir: Path) -> None:
-    """Remove ``results.partial.jsonl`` and ``.partial/`` (settings and attention shards)."""
-    (out_dir / PARTIAL_RESULTS).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
-
-
-def _load_partial(out_dir: Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
-    """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
-
-    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames)``; a stored row is kept only when
-    its id is wanted with the same ref and frame count, its JSON line is complete and its attention is in
-    its shard. Partial files written with other ``settings`` (or without settings) are removed with a
-    warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
-    """
-    part_dir, part_jsonl = out_dir / PARTIAL_DIR, out_dir / PARTIAL_RESULTS
-    if not part_dir.exists() and not part_jsonl.exists():
-        return {}, {}, 0
-    try:
-        stored = json.loads((part_dir / "settings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stored = None
-    if stored != settings:
-        changed = sorted(k for k in set(settings) | set(stored or {}) if (stored or {}).get(k) != settings.get(k))
-        log.warning("partial decode results in %s were made with other settings (%s): starting over", out_dir, ", ".join(changed) or "no settings.json")
-        _remove_partial(out_dir)
-        return {}, {}, 0
-    remove_stale_temp_files(part_dir)
-    shard_nums = [int(p.stem.split("_", 1)[1]) for p in part_dir.glob("attention_*.npz") if p.stem.split("_", 1)[1].isdigit()]
-    next_shard = max(shard_nums, default=-1) + 1
-    lines = part_jsonl.read_text(encoding="utf-8", errors="replace").split("\n") if part_jsonl.exists() else []
-    by_shard: dict[int, dict[str, dict]] = {}
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            shard = int(row.pop("_shard"))
-            uid = row["utt_id"]
-        except (ValueError, KeyError, TypeError):
-            last = all(not x.strip() for x in lines[k + 1 :])
-            (log.info if last else log.warning)("ignoring %s line %d of %s", "truncated last" if last else "unreadable", k + 1, part_jsonl)
-            continue
-        by_shard.setdefault(shard, {})[uid] = row
-    rows: dict[str, dict] = {}
-    atts: dict[str, np.ndarray] = {}
-    for shard, shard_rows in sorted(by_shard.items()):
-        try:
-            with np.load(part_dir / f"attention_{shard}.npz") as z:
-                for uid, row in shard_rows.items():
-                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames")):
-                        rows[uid], atts[uid] = row, z[uid]
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)
-    # Keep only the usable lines, so that appending cannot glue a new row onto a truncated one.
-    atomic_write_text("".join(json.dumps({**rows[u], "_shard": s}) + "\n" for s, sr in sorted(by_shard.items()) for u in sr if u in rows), part_jsonl)
-    return rows, atts, next_shard
-
-
-def _save_batch(out_dir: Path, shard: int, rows: list[dict], atts: dict[str, np.ndarray], part_file: Any) -> None:
-    """Store one decoded batch: its attention shard atomically first, then its rows (fsynced)."""
-    with atomic_open(out_dir / PARTIAL_DIR / f"attention_{shard}.npz", "wb") as f:
-        np.savez(f, **atts)
-    part_file.write("".join(json.dumps({**r, "_shard": shard}) + "\n" for r in rows))
-    part_file.flush()
-    os.fsync(part_file.fileno())
-
-
 def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Decode per ``cfg`` (see ``conf/decode.yaml``); returns the ``meta.json`` content.
 
@@ -304,11 +234,9 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.get("device", "cpu"))
     model, tok, meta = load_checkpoint(cfg.ckpt)
-    opts = DecodingOptions(
-        int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty), float(cfg.get("ctc_weight", 0.0))
-    )
+    opts = resolve_options([model], _given_options(cfg))
     models = [m.to(device) for m in _load_members(cfg, model, tok, meta, opts)]
-    fbank = FbankOptions(num_mel_bins=meta.get("feat_dim", 80), frame_shift_ms=1000 * meta.get("frame_shift_s", 0.01))
+    fbank = fbank_options(meta)
     errors: list[tuple[str, str]] = []
     out_dir = Path(cfg.out_dir)
     if cfg.get("data_dir"):
@@ -324,7 +252,7 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
     if len(ds) == 0:
         if errors:
-            _write_errors(errors, out_dir)
+            write_errors(errors, out_dir)
             raise ValueError(f"no utterance to decode: {len(errors)} error(s), e.g. {errors[0][0]}: {errors[0][1]}; see {out_dir / 'errors.tsv'}")
         raise ValueError("no utterance to decode")
     max_frames = int(cfg.get("max_frames", 0) or 0)
@@ -335,15 +263,13 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     shard = 0
     if cfg.get("resume", True):
         wanted = {u.utt_id: (u.text, ds.num_frames(i)) for i, u in enumerate(ds.utts)}
-        rows, atts, shard = _load_partial(out_dir, settings, wanted)
+        rows, atts, shard = load_partial(out_dir, settings, wanted)
         if rows:
             log.info("resuming %s: %d of %d utterances already decoded", out_dir, len(rows), len(ds))
     else:
-        _remove_partial(out_dir)
+        remove_partial(out_dir)
     resumed = len(rows)
-    if not (out_dir / PARTIAL_DIR / "settings.json").exists():
-        _remove_partial(out_dir)
-        atomic_write_text(json.dumps(settings, indent=2) + "\n", out_dir / PARTIAL_DIR / "settings.json")
+    write_partial_settings(out_dir, settings)
     todo = [i for i, u in enumerate(ds.utts) if u.utt_id not in rows]
     ds_todo = ASRDataset([ds.utts[i] for i in todo], tok, ds.feats, fbank)
     sampler = LengthBucketBatchSampler([ds_todo.num_frames(i) for i in range(len(ds_todo))], int(cfg.batch_size), max_frames, shuffle=False, num_replicas=1, rank=0)
@@ -358,59 +284,41 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             batch_rows, batch_atts = [], {}
             for i, h in enumerate(hyps):
                 uid = batch.ids[i]
-                att = h.attention.float().numpy()
-                if att.shape[0] == len(h.tokens):  # stopped at the length limit without eos: empty eos row
-                    att = np.concatenate([att, np.zeros((1, att.shape[1]), dtype=att.dtype)], 0)
-                batch_atts[uid] = att.astype(np.float32)
-                batch_rows.append({
-                    "utt_id": uid,
-                    "ref": batch.texts[i],
-                    "hyp": tok.decode(h.tokens),
-                    "score": round(h.score, 4),
-                    "norm_score": round(h.norm_score, 4),
-                    "tokens": tok.pieces(h.tokens),
-                    "n_frames": int(batch.feat_lens[i]),
-                    "enc_frames": int(enc_lens[i]),
-                })
+                batch_atts[uid] = attention_matrix(h)
+                batch_rows.append(hypothesis_row(uid, batch.texts[i], tok.decode(h.tokens), h, tok.pieces(h.tokens), int(batch.feat_lens[i]), int(enc_lens[i])))
                 audio_s += int(batch.feat_lens[i]) * fbank.frame_shift_s
-            _save_batch(out_dir, shard, batch_rows, batch_atts, part_file)
+            save_batch(out_dir, shard, batch_rows, batch_atts, part_file)
             shard += 1
             atts.update(batch_atts)
             rows.update((r["utt_id"], r) for r in batch_rows)
     elapsed = time.perf_counter() - t0
-    ids = sorted(rows)
-    atomic_write_text("".join(json.dumps(rows[u]) + "\n" for u in ids), out_dir / "results.jsonl")
-    with atomic_open(out_dir / "attention.npz", "wb") as f:
-        np.savez_compressed(f, **{u: atts[u] for u in ids})
-    write_trn(out_dir / "hyp.trn", {u: rows[u]["hyp"] for u in ids})
-    write_trn(out_dir / "ref.trn", {u: rows[u]["ref"] for u in ids})
+    ids = write_final(out_dir, rows, atts)
     if errors:
-        _write_errors(errors, out_dir)
-    info = {
-        "checkpoint": str(cfg.ckpt),
+        write_errors(errors, out_dir)
+    info = build_meta(
+        opts,
+        checkpoint=str(cfg.ckpt),
         **({"ensemble": [str(cfg.ckpt), *_ensemble_paths(cfg)]} if len(models) > 1 else {}),
-        "attention": meta["model_cfg"]["attention"]["type"],
-        "encoder": meta["model_cfg"]["encoder"]["type"],
-        "decoder": meta["model_cfg"]["decoder"]["type"],
-        "frame_shift_s": fbank.frame_shift_s,
-        "subsampling": model.subsampling_factor,
-        "beam_size": opts.beam_size,
-        "max_len_ratio": opts.max_len_ratio,
-        "length_penalty": opts.length_penalty,
-        "ctc_weight": opts.ctc_weight,
-        "n_utts": len(ids),
-        "resumed_utts": resumed,
-        "n_errors": len(errors),
-        "max_frames": max_frames,
-        "n_batches": len(sampler),
-        "decode_s": round(elapsed, 2),
-        "audio_s": round(audio_s, 2),
-        "rtf": round(elapsed / audio_s, 4) if audio_s else 0.0,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-    atomic_write_text(json.dumps(info, indent=2) + "\n", out_dir / "meta.json")
-    _remove_partial(out_dir)
+        attention=meta["model_cfg"]["attention"]["type"],
+        encoder=meta["model_cfg"]["encoder"]["type"],
+        decoder=meta["model_cfg"]["decoder"]["type"],
+        frame_shift_s=fbank.frame_shift_s,
+        subsampling=model.subsampling_factor,
+        data_dir=str(cfg.data_dir) if cfg.get("data_dir") else None,
+        dump_dir=str(cfg.dump_dir) if cfg.get("data_dir") and cfg.get("dump_dir") else None,
+        n_utts=len(ids),
+        resumed_utts=resumed,
+        n_errors=len(errors),
+        max_frames=max_frames,
+        n_batches=len(sampler),
+        decode_s=round(elapsed, 2),
+        audio_s=round(audio_s, 2),
+        rtf=round(elapsed / audio_s, 4) if audio_s else 0.0,
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
+    write_meta(info, out_dir)
+    remove_partial(out_dir)
     reused = f" + {resumed} resumed" if resumed else ""
     print(f"decoded {len(ids) - resumed} utterances{reused} ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
     return info

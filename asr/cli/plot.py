@@ -19,7 +19,6 @@ Config: ``conf/plot.yaml``; Hydra creates no ``outputs/`` folder and does not ch
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from asr.cli.score import read_results
+from asr.decoding.results import attention_ids, read_attention, read_meta, read_results
 from asr.metrics.wer import normalize_whitespace, per_utterance
 from asr.utils.paths import CONF_DIR
 from asr.viz.alignment import plot_alignment, plot_comparison, utterance_title
@@ -39,19 +38,6 @@ __all__ = ["read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", 
 log = logging.getLogger(__name__)
 
 EOS = "<eos>"
-
-
-def read_meta(decode_dir: str | Path) -> dict[str, Any]:
-    """``<decode_dir>/meta.json`` with defaults ``frame_shift_s=0.01``, ``subsampling=1`` if absent."""
-    path = Path(decode_dir) / "meta.json"
-    meta: dict[str, Any] = {}
-    if path.is_file():
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        log.warning("%s not found: assuming frame_shift_s=0.01, subsampling=1", path)
-    meta.setdefault("frame_shift_s", 0.01)
-    meta.setdefault("subsampling", 1)
-    return meta
 
 
 def _seconds_per_frame(meta: dict[str, Any]) -> float:
@@ -89,10 +75,8 @@ def select_utts(
     return list(dict.fromkeys(chosen))
 
 
-def _attention(npz: Any, utt_id: str, row: dict[str, Any], decode_dir: Path) -> tuple[np.ndarray, list[str]]:
-    if utt_id not in npz.files:
-        raise ValueError(f"{decode_dir / 'attention.npz'}: no attention for utterance {utt_id!r}")
-    w = np.asarray(npz[utt_id])
+def _attention(utt_id: str, row: dict[str, Any], decode_dir: Path) -> tuple[np.ndarray, list[str]]:
+    w = np.asarray(read_attention(decode_dir, [utt_id])[utt_id])
     tokens = [str(t) for t in row.get("tokens", [])] + [EOS]
     if w.ndim != 2 or w.shape[0] != len(tokens):
         raise ValueError(
@@ -175,19 +159,18 @@ def plot_decode_dir(
         return []
     stats = _word_stats([by_id[u] for u in selected])
     paths = []
-    with np.load(d / "attention.npz") as npz:
-        for u in selected:
-            w, tokens = _attention(npz, u, by_id[u], d)
-            paths.append(
-                plot_alignment(
-                    w,
-                    tokens,
-                    out / f"{safe_file_stem(u)}.png",
-                    frame_shift_s=float(meta["frame_shift_s"]),
-                    subsampling=int(meta["subsampling"]),
-                    title=_title(stats[u]),
-                )
+    for u in selected:
+        w, tokens = _attention(u, by_id[u], d)
+        paths.append(
+            plot_alignment(
+                w,
+                tokens,
+                out / f"{safe_file_stem(u)}.png",
+                frame_shift_s=float(meta["frame_shift_s"]),
+                subsampling=int(meta["subsampling"]),
+                title=_title(stats[u]),
             )
+        )
     return paths
 
 
@@ -201,7 +184,7 @@ def plot_head_grids(
     """Per-layer, per-head cross-attention grids of a Transformer decoder for decoded utterances.
 
     The weights are recomputed: the decode's checkpoint (``meta.json`` ``checkpoint``) is loaded with
-    `asr.lightning.module.load_checkpoint`, the utterance's features are encoded and
+    `asr.models.checkpoint.load_checkpoint`, the utterance's features are encoded and
     ``model.decoder.cross_attention`` runs teacher-forced on ``[sos] + tokens`` of ``results.jsonl``, so row
     ``u`` is the step that emitted token ``u`` (the last row emitted ``<eos>``), as in ``attention.npz``.
 
@@ -234,7 +217,7 @@ def plot_head_grids(
     """
     import torch
 
-    from asr.lightning.module import load_checkpoint
+    from asr.models.checkpoint import load_checkpoint
     from asr.viz.alignment import plot_head_grid
 
     d = Path(decode_dir)
@@ -285,8 +268,7 @@ def choose_compare_utt(decode_dirs: Sequence[str | Path]) -> str:
     results = [{r["utt_id"]: r for r in read_results(d)} for d in decode_dirs]
     attn_ids = []
     for d in decode_dirs:
-        with np.load(Path(d) / "attention.npz") as npz:
-            attn_ids.append(set(npz.files))
+        attn_ids.append(set(attention_ids(d)))
     common = [u for u in results[0] if all(u in res and u in a for res, a in zip(results, attn_ids))]
     if not common:
         raise ValueError(f"no utterance with attention common to all of {list(map(str, decode_dirs))}")
@@ -352,8 +334,7 @@ def plot_compare(
         row = by_id[utt_id]
         stat = _word_stats([row])[utt_id]
         ref = stat["ref"] if ref is None else ref
-        with np.load(d / "attention.npz") as npz:
-            w, tokens = _attention(npz, utt_id, row, d)
+        w, tokens = _attention(utt_id, row, d)
         wer = "n/a" if stat["wer"] is None else f"{100.0 * stat['wer']:.1f}%"
         panels.append((f"{label}  WER {wer}  HYP: {stat['hyp']}", w, tokens))
     out = Path(out_path) if out_path is not None else dirs[0] / "plots" / f"compare_{safe_file_stem(utt_id)}.png"

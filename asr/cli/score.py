@@ -27,44 +27,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from asr.decoding.results import read_results
 from asr.metrics.wer import ErrorCounts, ScoreResult, per_utterance, read_trn, score
 from asr.utils.paths import CONF_DIR
 
 __all__ = ["read_results", "load_ref_hyp", "score_decode_dir", "summary_line", "main"]
 
 log = logging.getLogger(__name__)
-
-
-def read_results(decode_dir: str | Path) -> list[dict[str, Any]]:
-    """Read ``<decode_dir>/results.jsonl`` (one JSON object per utterance, file order).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        If a line is not JSON, lacks ``utt_id``/``ref``/``hyp``, or an utt id repeats (the message
-        names the file and line).
-    """
-    path = Path(decode_dir) / "results.jsonl"
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            missing = [k for k in ("utt_id", "ref", "hyp") if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key(s) {missing}")
-            if row["utt_id"] in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate utt_id {row['utt_id']!r}")
-            seen.add(row["utt_id"])
-            rows.append(row)
-    return rows
 
 
 def load_ref_hyp(decode_dir: str | Path) -> tuple[list[str], list[str], list[str]]:

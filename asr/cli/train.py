@@ -28,7 +28,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from asr.data.dataset import ASRDataModule, load_split
+from asr.data.dataset import load_split
+from asr.lightning.data import ASRDataModule
 from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.lightning.csv_log import ResumableCSVLogger
 from asr.lightning.module import ASRLightningModule
@@ -143,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_set.seed = int(cfg.seed)  # speed-variant draws keyed by (seed, epoch, utterance)
     module = ASRLightningModule(
         model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment,
-        seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)),
+        seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)), fbank=fb,
     )
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)

@@ -1,4 +1,4 @@
-"""Dataset, batching and the LightningDataModule.
+"""Dataset and batching (the LightningDataModule is in :mod:`asr.lightning.data`).
 
 Why no lhotse: AN4-sized corpora fit in memory as precomputed fbank (``dump/<split>/feats.pt``), the
 Kaldi data dirs already are the manifests, and a 60-line length-bucketing sampler that knows rank and world
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION, DataDirError, Utterance, check_data_dir, read_data_dir, write_skipped
 from asr.features.audio import load_audio
@@ -288,36 +287,11 @@ def load_split(data_dir: str | Path, dump_dir: str | Path | None, tokenizer: Tok
     return ds
 
 
-class ASRDataModule(L.LightningDataModule):
-    """Train and dev loaders with length bucketing.
+def __getattr__(name: str):
+    """``ASRDataModule`` moved to :mod:`asr.lightning.data` (this module stays free of Lightning, so
+    decoding and inference do not import it); the old import path still works."""
+    if name == "ASRDataModule":
+        from asr.lightning.data import ASRDataModule
 
-    Parameters
-    ----------
-    train, dev : ASRDataset
-    batch_size : int
-        Utterances per batch per device (effective batch = ``batch_size x devices x accumulate_grad_batches``).
-    max_frames : int
-        Cap on padded frames per batch (0 = none).
-    num_workers : int
-    seed : int
-    """
-
-    def __init__(self, train: ASRDataset, dev: ASRDataset, pad_id: int, batch_size: int = 32, max_frames: int = 0, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__()
-        self.train_set, self.dev_set = train, dev
-        self.collate = make_collate(pad_id)
-        self.batch_size, self.max_frames, self.num_workers, self.seed = batch_size, max_frames, num_workers, seed
-        self._train_sampler: LengthBucketBatchSampler | None = None
-
-    def _loader(self, ds: ASRDataset, shuffle: bool) -> DataLoader:
-        sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], self.batch_size, self.max_frames, shuffle=shuffle, seed=self.seed)
-        if shuffle and self.trainer is not None:
-            # a resumed run: DataLoader workers take their first indices before any epoch-start hook runs
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dev_set, False)
+        return ASRDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -148,3 +148,59 @@ def ctc_greedy(logp: Tensor, lens: Tensor, blank: int) -> list[tuple[list[int], 
             prev = p
         out.append((tokens, float(best_lp[i, :n].sum()), frames))
     return out
+
+
+def ctc_align(logp: Tensor, tokens: list[int], blank: int) -> list[tuple[int, int]] | None:
+    """Viterbi (forced) alignment of a token sequence to CTC posteriors: the most probable CTC path whose
+    labelling is ``tokens`` (Graves et al. 2006; the path of best-path decoding constrained to the labels).
+
+    Parameters
+    ----------
+    logp : ``(T, V)`` CTC log-posteriors of one utterance (valid frames only).
+    tokens : the token ids (no blank, sos or eos).
+    blank : the blank id.
+
+    Returns
+    -------
+    list of ``(first_frame, last_frame)`` per token (encoder frames, inclusive), in order; ``[]`` for no
+    tokens; None when no CTC path of ``T`` frames has that labelling (too few frames for the tokens and
+    their repeats).
+    """
+    n_tok = len(tokens)
+    if n_tok == 0:
+        return []
+    t_max = logp.shape[0]
+    ext = torch.full((2 * n_tok + 1,), blank, dtype=torch.long, device=logp.device)
+    ext[1::2] = torch.as_tensor(tokens, dtype=torch.long, device=logp.device)
+    s_max = ext.numel()
+    emit = logp.float()[:, ext]  # (T, S)
+    skip = torch.zeros(s_max, dtype=torch.bool, device=logp.device)
+    skip[2:] = (ext[2:] != blank) & (ext[2:] != ext[:-2])  # s-2 -> s allowed between different labels
+    alpha = torch.full((s_max,), NEG_INF, device=logp.device)
+    alpha[0] = emit[0, 0]
+    alpha[1] = emit[0, 1]
+    back = torch.zeros(t_max, s_max, dtype=torch.long, device=logp.device)
+    neg = torch.full((2,), NEG_INF, device=logp.device)
+    for t in range(1, t_max):
+        prev1 = torch.cat([neg[:1], alpha[:-1]])
+        prev2 = torch.cat([neg, alpha[:-2]]).masked_fill(~skip, NEG_INF)
+        best, arg = torch.stack([alpha, prev1, prev2]).max(0)
+        back[t] = arg
+        alpha = best + emit[t]
+    ends = alpha[-2:]
+    if not bool(torch.isfinite(ends).any()):
+        return None
+    s = s_max - 2 + int(ends.argmax())
+    states = [0] * t_max
+    back_l = back.tolist()
+    for t in range(t_max - 1, -1, -1):
+        states[t] = s
+        s -= back_l[t][s]
+    spans: list[list[int]] = [[-1, -1] for _ in range(n_tok)]
+    for t, s in enumerate(states):
+        if s % 2 == 1:
+            u = s // 2
+            if spans[u][0] < 0:
+                spans[u][0] = t
+            spans[u][1] = t
+    return [(a, b) for a, b in spans]

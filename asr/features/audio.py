@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-__all__ = ["AudioError", "load_audio", "audio_duration", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
+__all__ = ["AudioError", "load_audio", "audio_duration", "resample_waveform", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
 
 _STEREO_MODES = ("downmix", "error")
 #: File sample rates accepted by :func:`load_audio` (Hz). Below, resampling a file to 16 kHz could
@@ -192,3 +192,27 @@ def _resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     spec = torch.fft.rfft(wav.double())
     # irfft with n=n_out truncates (downsampling: ideal low-pass) or zero-pads (upsampling) the spectrum.
     return (torch.fft.irfft(spec, n=n_out) * (n_out / wav.numel())).float()
+
+
+def resample_waveform(wav: torch.Tensor, orig_sample_rate: int, new_sample_rate: int) -> torch.Tensor:
+    """Resample a waveform given in memory the way :func:`load_audio` resamples files.
+
+    Parameters
+    ----------
+    wav : ``(num_samples,)`` float waveform; orig_sample_rate, new_sample_rate : Hz.
+
+    Returns
+    -------
+    ``(ceil(num_samples * new / orig),)`` float32 (``wav`` itself when the rates are equal).
+
+    Raises
+    ------
+    ValueError
+        A rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``.
+    """
+    for rate in (orig_sample_rate, new_sample_rate):
+        if not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+            raise ValueError(f"unsupported sample rate {rate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+    if int(orig_sample_rate) == int(new_sample_rate):
+        return wav
+    return _resample(wav.float(), int(orig_sample_rate), int(new_sample_rate))

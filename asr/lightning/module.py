@@ -15,18 +15,14 @@ import torch
 from asr.data.dataset import Batch
 from asr.decoding.search import DecodingOptions, greedy_search
 from asr.metrics.wer import score
-from asr.models.asr_model import AttentionASRModel, build_model, reject_target_keys
+from asr.models.asr_model import AttentionASRModel, build_model
+from asr.models.checkpoint import ALLOWED_OPTIMIZERS, ASR_KEY, check_stored_config, checkpoint_payload, load_checkpoint
 from asr.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-#: Checkpoint key holding what ``asr-decode`` needs to rebuild model and tokenizer (plain types only,
-#: so checkpoints load with ``torch.load(..., weights_only=True)``).
-ASR_KEY = "asr"
-
-#: Optimisers a stored ``optim`` config may name (key ``optimizer``, ``name`` or ``type``); the LR schedule is
-#: a LambdaLR built in code. Anything else in a checkpoint is refused by :func:`load_checkpoint`.
-ALLOWED_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+# The checkpoint format has one owner, asr.models.checkpoint; these names stay importable from here.
+__all__ = ["ASRLightningModule", "TrainingDivergedError", "epoch_seed", "ASR_KEY", "ALLOWED_OPTIMIZERS", "check_stored_config", "load_checkpoint"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -58,14 +54,17 @@ class ASRLightningModule(L.LightningModule):
     seed : int
         Base seed: at every epoch start torch, numpy and random are reseeded from ``(seed, epoch, rank)``
         (SpecAugment masks, dropout), so a run resumed at an epoch boundary repeats an uninterrupted run.
+    fbank : FbankOptions or dict, optional
+        The full front-end settings, stored in checkpoints (``asr.models.checkpoint``) for export and inference.
     max_bad_steps : int
         Optimiser steps with a non-finite loss or gradient are skipped (weights and optimiser state
         untouched) and counted (``train/skipped_steps``); this many in a row stop training with
         :class:`TrainingDivergedError`. 0 = never stop.
     """
 
-    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01, augment_cfg: dict | None = None, seed: int = 0, max_bad_steps: int = 20) -> None:
+    def __init__(self, model_cfg: dict, tokenizer: Tokenizer, optim_cfg: dict, cmvn=None, feat_dim: int = 80, frame_shift_s: float = 0.01, augment_cfg: dict | None = None, seed: int = 0, max_bad_steps: int = 20, fbank=None) -> None:
         super().__init__()
+        self.fbank = fbank
         self.seed, self.max_bad_steps = int(seed), int(max_bad_steps)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, in all
         self._bad_in_a_row = 0
@@ -86,13 +85,7 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- checkpoint payload -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[ASR_KEY] = {
-            "model_cfg": self.model_cfg,
-            "optim_cfg": self.optim_cfg,
-            "tokenizer_proto": self.tokenizer.proto,
-            "feat_dim": self.feat_dim,
-            "frame_shift_s": self.frame_shift_s,
-        }
+        checkpoint[ASR_KEY] = checkpoint_payload(self.model_cfg, self.optim_cfg, self.tokenizer, self.feat_dim, self.frame_shift_s, self.fbank)
         checkpoint["asr_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -276,66 +269,3 @@ class ASRLightningModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, noam if schedule == "noam" else factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def load_checkpoint(path: str, map_location: str = "cpu") -> tuple[AttentionASRModel, Tokenizer, dict]:
-    """Rebuild model and tokenizer from a training checkpoint, loading with ``weights_only=True``.
-
-    Returns
-    -------
-    model : AttentionASRModel in eval mode
-    tokenizer : Tokenizer
-    meta : dict (``model_cfg``, ``frame_shift_s``, ...)
-
-    Raises
-    ------
-    FileNotFoundError
-        No file at ``path``.
-    ValueError
-        The file is not an ``asr`` checkpoint (no ``"asr"`` entry) or refuses to load safely: it holds
-        pickled objects other than tensors and plain containers (nothing in it is run), its stored config
-        has a ``_target_`` key anywhere (the error names the key path), names an optimiser outside
-        :data:`ALLOWED_OPTIMIZERS`, or an unknown encoder/decoder/attention type.
-    """
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never fall back to unsafe loading
-        raise ValueError(f"refusing to load checkpoint {path}: not loadable with weights_only=True ({exc})") from exc
-    if ASR_KEY not in ckpt:
-        raise ValueError(f"{path} is not an asr checkpoint (no '{ASR_KEY}' entry)")
-    meta = ckpt[ASR_KEY]
-    check_stored_config(meta.get("model_cfg"), meta.get("optim_cfg"), str(path))
-    tok = Tokenizer(meta["tokenizer_proto"])
-    model = build_model(meta["model_cfg"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, meta.get("feat_dim", 80))
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    model.eval()
-    return model, tok, meta
-
-
-def check_stored_config(model_cfg: Any, optim_cfg: Any, where: str = "checkpoint") -> None:
-    """Refuse a stored config that asks for anything beyond the registries and the optimiser allow-list.
-
-    Raises
-    ------
-    ValueError
-        ``model_cfg`` is not a mapping, either config has a ``_target_`` key (named with its path), or the
-        optimiser named in ``optim_cfg`` (``optimizer``/``name``/``type``) is not in :data:`ALLOWED_OPTIMIZERS`.
-    """
-    if not isinstance(model_cfg, dict):
-        raise ValueError(f"refusing {where}: stored model config is {type(model_cfg).__name__}, not a mapping")
-    reject_target_keys(model_cfg, "model", where)
-    if optim_cfg is None:
-        return
-    if not isinstance(optim_cfg, dict):
-        raise ValueError(f"refusing {where}: stored optim config is {type(optim_cfg).__name__}, not a mapping")
-    reject_target_keys(optim_cfg, "optim", where)
-    for key in ("optimizer", "name", "type"):
-        if key in optim_cfg:
-            name = str(optim_cfg[key]).lower().removeprefix("torch.optim.")
-            if name not in ALLOWED_OPTIMIZERS:
-                raise ValueError(f"refusing {where}: optim.{key}={optim_cfg[key]!r} is not an allowed optimiser ({sorted(ALLOWED_OPTIMIZERS)})")

@@ -69,3 +69,14 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

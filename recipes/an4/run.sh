@@ -23,11 +23,10 @@ stage=0
 stop_stage=7
 an4_root="${AN4_ROOT:-}"
 experiment=an4/location_aware_x4_noaug   # the best AN4 system measured so far (recipes/an4/README.md)
-beam_size=10
-ctc_weight=0.3         # joint CTC/attention decoding weight (0 = attention only; needs a CTC branch): ESPnet's an4
-                       # setting. On train_dev the best of 0/0.3/0.5/0.7 was 0.7 for an4/location_aware and 0 (0.3 within
-                       # 0.3 CER points) for an4/location_aware_noaug: see recipes/an4/README.md
-length_penalty=0.5     # ranking score log p / (len + 1)^lp (conf/decode.yaml); decode folders say _lp<x> when not 0.5
+# Decoding defaults come from asr.decoding.search.DecodingOptions (the one home of them; its docstring says how
+# they were chosen): beam size, joint CTC/attention weight (0 = attention only; needs a CTC branch) and length
+# penalty (ranking score log p / (len + 1)^lp). Decode folders say _lp<x> when lp is not the default.
+read -r beam_size ctc_weight length_penalty default_lp < <(python -c 'from asr.decoding.search import DecodingOptions as O; o = O(); print(o.beam_size, o.ctc_weight, o.length_penalty, o.length_penalty)')
 average=5              # average the N kept epoch checkpoints for decoding (0 = decode best.ckpt)
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
@@ -105,11 +104,11 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     asr-train "${common_train[@]}" ${train_args}
 fi
 
-# Decode folder suffix: beam, CTC weight (when joint), length penalty (when not 0.5) and averaging (when used),
+# Decode folder suffix: beam, CTC weight (when joint), length penalty (when not the default) and averaging (when used),
 # e.g. beam10_ctc0.5_avg5 or beam10_ctc0.3_lp1.0_avg5.
 dtag="beam${beam_size}"
 [ "${ctc_weight}" != 0 ] && [ "${ctc_weight}" != 0.0 ] && dtag="${dtag}_ctc${ctc_weight}"
-[ "${length_penalty}" != 0.5 ] && dtag="${dtag}_lp${length_penalty}"
+[ "${length_penalty}" != "${default_lp}" ] && dtag="${dtag}_lp${length_penalty}"
 ckpt="${exp_dir}/checkpoints/best.ckpt"
 if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
 # An ensemble (--ensemble): the members' checkpoints of the same kind (avg<N> or best), decode folders of its own.

@@ -1,0 +1,182 @@
+"""asr-export: a training checkpoint -> a portable model directory with a model card.
+
+    asr-export ckpt=recipes/an4/exp/an4_pblstm_location_aware_x4_noaug/checkpoints/avg5.ckpt out_dir=models/an4_pblstm_x4
+    asr-export ckpt=... out_dir=... dtype=float16 'decode_dirs=[exp/x/decode_test_beam10_ctc0.3_avg5]' license=apache-2.0
+
+Writes the files of :mod:`asr.models.pretrained` (``config.yaml``, ``model.safetensors``, ``cmvn.safetensors``,
+``tokenizer.model``) and ``README.md``, a model card: architecture, parameters, training data and run (from the
+experiment's ``config.yaml`` and ``train_summary.json`` beside ``checkpoints/`` when present), the results rows the
+checkpoint was evaluated with (the ``decode_*`` folders of its experiment whose ``meta.json`` names this checkpoint,
+or ``decode_dirs``; WER/CER from their ``scoring/wer.json``) and the licence. The decoding options recorded in
+``config.yaml`` (what :class:`asr.inference.Speech2Text` uses by default) are those of the test decode reported,
+else the toolkit's defaults.
+
+Options: ``dtype`` (``float32``, the default, is bit-identical to the checkpoint; ``float16`` halves the size),
+``name`` (card title, default the output folder's name), ``license`` (default ``apache-2.0``, the toolkit's; the
+training data's own terms are noted separately), ``data_license`` (a note on the training data's licence), ``note`` (text added under the results, e.g. the WER
+that ``scripts/transcribe_wer.py`` measured with the exported directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+
+from asr.decoding.results import read_meta
+from asr.decoding.search import DecodingOptions, resolve_options
+from asr.models.checkpoint import fbank_options, load_checkpoint
+from asr.models.pretrained import TOKENIZER, WEIGHTS, save_model_dir
+from asr.utils.io import file_sha256
+
+log = logging.getLogger("asr.export")
+
+__all__ = ["export", "find_decode_dirs", "model_card", "main"]
+
+AN4_NOTE = (
+    "Trained on CMU AN4 (alphanumeric census utterances, 16 kHz), Copyright (c) 1991-2005 Carnegie Mellon University, "
+    "free for any purpose under the CMU licence: redistributions must keep its copyright notice and conditions "
+    "(see `tests/data/an4/LICENSE` in the asr repository)."
+)
+
+
+def find_decode_dirs(ckpt: str | Path) -> list[Path]:
+    """The single-model decode folders (``<exp>/decode_*`` with ``meta.json``) of the experiment holding
+    ``<exp>/checkpoints/<ckpt>`` whose ``meta.json`` names this checkpoint (compared by its last three path parts,
+    since decodes record the path they were given), sorted by name."""
+    ckpt = Path(ckpt).resolve()
+    exp = ckpt.parent.parent
+    found = []
+    for d in sorted(exp.glob("decode_*")):
+        m = d / "meta.json"
+        if not m.is_file():
+            continue
+        meta = json.loads(m.read_text(encoding="utf-8"))
+        if meta.get("ensemble") or not meta.get("checkpoint"):
+            continue
+        if Path(meta["checkpoint"]).parts[-3:] == ckpt.parts[-3:]:
+            found.append(d)
+    return found
+
+
+def _results_rows(decode_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for d in decode_dirs:
+        wer_file = d / "scoring" / "wer.json"
+        if not wer_file.is_file():
+            log.warning("%s has no scoring/wer.json (run asr-score): left out of the model card", d)
+            continue
+        wer = json.loads(wer_file.read_text(encoding="utf-8"))
+        meta = read_meta(d)
+        split = "test" if "test" in d.name else ("dev" if "dev" in d.name else d.name)
+        rows.append({"split": split, "dir": d.name, "wer": wer.get("wer"), "cer": wer.get("cer"), "n_utts": wer.get("n_utts"),
+                     "options": {f.name: meta[f.name] for f in dataclasses.fields(DecodingOptions)}})
+    return rows
+
+
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], train: dict[str, Any], license_id: str, data_license: str, weights_mb: float, note: str = "", where: str | None = None) -> str:
+    """The ``README.md`` text of a model directory (Hugging Face model-card layout: YAML front matter, then
+    Markdown)."""
+    m = config["model"]
+    enc, dec = m["encoder"], m["decoder"]
+    sub = 1
+    for r in enc.get("subsample", []) or []:
+        sub *= int(r)
+    fb = config["features"]
+    arch = f"{enc['type']} encoder ({enc.get('num_layers', '?')} layers x {enc.get('hidden_size', '?')}"
+    arch += f" per direction, x{sub} subsampling)" if enc["type"] == "pblstm" else ")"
+    arch += f", {dec['type']} decoder"
+    if dec["type"] == "rnn":
+        arch += f" with {m['attention']['type']} attention"
+    arch += f", CTC branch (weight {m['ctc_weight']})" if float(m.get("ctc_weight", 0)) > 0 else ", no CTC branch"
+    front = {"license": license_id, "library_name": "asr", "tags": ["automatic-speech-recognition", "attention", "las"], "language": ["en"]}
+    if train.get("data"):
+        front["datasets"] = [train["data"]]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    lines += [f"An attention encoder-decoder speech recogniser of the `asr` toolkit: {arch}.", ""]
+    lines += ["| | |", "| --- | --- |",
+              f"| parameters | {config['weights']['n_params'] / 1e6:.2f} M |",
+              f"| weights | `{WEIGHTS}`, {config['weights']['dtype']}, {weights_mb:.1f} MB |",
+              f"| features | {fb['num_mel_bins']} log-mel fbank, {fb['frame_length_ms']:g} ms window, {fb['frame_shift_ms']:g} ms hop, {fb['sample_rate']} Hz, global CMVN |",
+              f"| tokens | sentencepiece {config['tokenizer']['kind']}, {config['tokenizer']['vocab_size']} (`{TOKENIZER}`) |",
+              f"| decoding | {', '.join(f'{k}={v}' for k, v in config['decoding'].items())} |"]
+    if train.get("data"):
+        lines.append(f"| training data | {train['data']} |")
+    if train.get("experiment"):
+        lines.append(f"| training run | {train['experiment']} |")
+    if train.get("summary"):
+        s = train["summary"]
+        lines.append(f"| training | {s.get('epochs', '?')} epochs, {s.get('train_wall_s', 0) / 60:.0f} min on {s.get('machine', '?')} |")
+    lines += ["", "## Results", ""]
+    if rows:
+        lines += ["| split | WER % | CER % | utterances | decoding |", "| --- | --- | --- | --- | --- |"]
+        for r in rows:
+            opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+            lines.append(f"| {r['split']} (`{r['dir']}`) | {r['wer']:.2f} | {r['cer']:.2f} | {r['n_utts']} | {opts} |")
+    else:
+        lines.append("Not evaluated (no scored decode folder of this checkpoint was found).")
+    if note:
+        lines += ["", note]
+    lines += ["", "## Usage", "", "```python", "from asr import Speech2Text", "",
+              f's2t = Speech2Text.from_pretrained("{where or name}")', 'print(s2t.transcribe(["audio.wav"])[0].text)', "```", "",
+              f"or `asr-transcribe --model {where or name} audio.wav`.", "",
+              "## Licence", "", f"Model: {license_id}. {data_license}".strip(), ""]
+    src = config.get("source") or {}
+    if src:
+        lines += ["## Provenance", "", f"Exported by `asr-export` from `{src.get('checkpoint')}` (sha256 `{src.get('sha256', '')[:16]}…`).", ""]
+    return "\n".join(lines)
+
+
+def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode_dirs: Sequence[str | Path] | None = None, name: str | None = None, license_id: str = "apache-2.0", data_license: str | None = None, note: str = "") -> dict[str, Any]:
+    """Export ``ckpt`` to ``out_dir`` (module docstring); returns the ``config.yaml`` content.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        From :func:`asr.models.checkpoint.load_checkpoint` (missing or unsafe checkpoint); unknown ``dtype``.
+    """
+    ckpt = Path(ckpt)
+    model, tok, meta = load_checkpoint(ckpt)
+    dirs = [Path(d) for d in decode_dirs] if decode_dirs else find_decode_dirs(ckpt)
+    rows = _results_rows(dirs)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    decoding = test_rows[0]["options"] if test_rows else dataclasses.asdict(resolve_options(model, {}))
+    exp = ckpt.resolve().parent.parent
+    train: dict[str, Any] = {}
+    if (exp / "config.yaml").is_file():
+        tcfg = OmegaConf.to_container(OmegaConf.load(exp / "config.yaml"), resolve=False)
+        data = tcfg.get("data") or {}
+        train["experiment"] = f"{tcfg.get('name', exp.name)}"
+        if data:
+            train["data"] = f"{'AN4' if 'an4' in exp.name else 'data'} ({data.get('train', '?')})"
+    if (exp / "train_summary.json").is_file():
+        train["summary"] = json.loads((exp / "train_summary.json").read_text(encoding="utf-8"))
+    if data_license is None:
+        data_license = AN4_NOTE if "an4" in str(train.get("data", "")).lower() or "an4" in exp.name else ""
+    out = Path(out_dir)
+    config = save_model_dir(out, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)})
+    mb = (out / WEIGHTS).stat().st_size / 1e6
+    (out / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, str(out_dir)), encoding="utf-8")
+    log.info("exported %s -> %s (%s, %.1f MB of weights)", ckpt, out, dtype, mb)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``asr-export ckpt=... out_dir=... [dtype=float16] [decode_dirs=[...]] [name=...] [license=...]``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    defaults = {"ckpt": None, "out_dir": None, "dtype": "float32", "decode_dirs": [], "name": None, "license": "apache-2.0", "data_license": None, "note": ""}
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv)))
+    if not cfg.ckpt or not cfg.out_dir:
+        raise SystemExit("asr-export needs ckpt=<checkpoint> out_dir=<model directory>")
+    export(cfg.ckpt, cfg.out_dir, cfg.dtype, list(cfg.decode_dirs or []), cfg.name, cfg.license, cfg.data_license, cfg.note)
+    print(f"{cfg.out_dir}: {', '.join(p.name for p in sorted(Path(cfg.out_dir).iterdir()))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""asr-transcribe: transcribe audio files with a model directory (default: the AN4 model shipped in models/).
+
+    asr-transcribe tests/data/an4/wav/an4test_clstk/fjlp/an419-fjlp-b.wav     # path<TAB>text, one line per file
+    asr-transcribe --json a.wav b.flac                  # one JSON object per line (asr.inference.Result)
+    asr-transcribe --list files.txt                     # one path per line ("-": standard input)
+    find audio -name '*.wav' | asr-transcribe --list -
+    asr-transcribe --model my_model_dir --beam-size 4 --ctc-weight 0.5 a.wav
+
+A file that cannot be transcribed (missing, not audio, too short, ...) gets ``path<TAB>error`` on standard error
+and the others are still transcribed; the exit status is 1 only when every input failed (2: usage errors,
+no input). ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with huggingface_hub).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from asr.features.audio import AudioError, load_audio
+
+__all__ = ["DEFAULT_MODEL", "main"]
+
+#: The AN4 model shipped with the repository (``models/an4_pblstm_x4``), overridable with ``$ASR_MODEL``.
+DEFAULT_MODEL = Path(os.environ.get("ASR_MODEL", Path(__file__).resolve().parents[2] / "models" / "an4_pblstm_x4"))
+
+
+def _inputs(files: Sequence[str], list_file: str | None) -> list[str]:
+    paths = list(files)
+    if list_file is not None:
+        text = sys.stdin.read() if list_file == "-" else Path(list_file).read_text(encoding="utf-8")
+        paths += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``asr-transcribe`` (module docstring); returns the exit status."""
+    ap = argparse.ArgumentParser(prog="asr-transcribe", description="Transcribe audio files (path<TAB>text per line).")
+    ap.add_argument("files", nargs="*", help="audio files (any format libsndfile reads; resampled to the model's rate)")
+    ap.add_argument("--list", dest="list_file", help="a file with one audio path per line; - = standard input")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL), help=f"model directory, .ckpt or hub repo id (default {DEFAULT_MODEL})")
+    ap.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, score, words and segments with seconds")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--beam-size", type=int)
+    ap.add_argument("--ctc-weight", type=float)
+    ap.add_argument("--length-penalty", type=float)
+    ap.add_argument("--nbest", type=int, default=1, help="with --json: the N best hypotheses")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        paths = _inputs(args.files, args.list_file)
+    except OSError as exc:
+        print(f"asr-transcribe: cannot read the list {args.list_file}: {exc}", file=sys.stderr)
+        return 2
+    if not paths:
+        ap.print_usage(sys.stderr)
+        print("asr-transcribe: no input files", file=sys.stderr)
+        return 2
+    from asr.inference import Speech2Text
+
+    given = {k: v for k, v in (("beam_size", args.beam_size), ("ctc_weight", args.ctc_weight), ("length_penalty", args.length_penalty)) if v is not None}
+    try:
+        s2t = Speech2Text.from_pretrained(args.model, device=args.device, **given)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"asr-transcribe: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    ok, n_failed = [], 0
+    for p in paths:  # read every file first: a bad one is reported and skipped
+        try:
+            wav = load_audio(p, s2t.fbank.sample_rate)
+            if wav.numel() < int(s2t.fbank.sample_rate * s2t.fbank.frame_length_ms / 1000):
+                raise AudioError(p, f"too short ({wav.numel()} samples, less than one {s2t.fbank.frame_length_ms:g} ms window)")
+            ok.append((p, wav))
+        except AudioError as exc:
+            n_failed += 1
+            print(f"{p}\t{exc.reason}", file=sys.stderr)
+    bs = max(1, args.batch_size)
+    for i in range(0, len(ok), bs):
+        chunk = ok[i : i + bs]
+        results = s2t.transcribe([w for _, w in chunk], sample_rate=s2t.fbank.sample_rate, batch_size=bs, nbest=args.nbest)
+        for (p, _), r in zip(chunk, results):
+            r.path = p
+            if r.nbest is not None:
+                for n in r.nbest:
+                    n.path = p
+            print(json.dumps(r.to_dict(), ensure_ascii=False) if args.json else f"{p}\t{r.text}", flush=True)
+    return 1 if n_failed == len(paths) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The decode folder format: its one writer (``asr-decode``) and reader (``asr-score``, ``asr-plot``, scripts).
+
+A decode folder holds:
+
+* ``results.jsonl``: one JSON object per utterance, sorted by id: ``utt_id``, ``ref``, ``hyp``, ``score`` (total
+  log-probability), ``norm_score`` (the ranking score), ``tokens`` (pieces, without eos), ``n_frames`` (fbank
+  frames), ``enc_frames`` (encoder frames of the first model); see :func:`hypothesis_row`;
+* ``attention.npz``: utterance id -> float32 ``(len(tokens) + 1, enc_frames)`` attention weights, the last row
+  that of the step which emitted eos (all zeros when the search stopped at the length limit);
+* ``hyp.trn`` / ``ref.trn``: sclite trn files of the same text;
+* ``errors.tsv``: ``file<TAB>reason`` of the inputs that could not be decoded (only when there were some);
+* ``meta.json``: the model's description, every field of the search's
+  :class:`~asr.decoding.search.DecodingOptions` (:func:`build_meta` takes them from the dataclass), the data source
+  (``data_dir``, ``dump_dir`` or ``audio``) and run statistics;
+* while a decode runs, its partial files: ``results.partial.jsonl`` (rows with their ``_shard``) and
+  ``.partial/`` (``settings.json`` and ``attention_<n>.npz`` shards), removed when it ends
+  (:func:`save_batch`, :func:`load_partial`, :func:`remove_partial`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from asr.decoding.search import DecodingOptions, Hypothesis
+from asr.metrics.wer import write_trn
+from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
+
+__all__ = [
+    "RESULTS", "ATTENTION", "META", "ERRORS", "PARTIAL_RESULTS", "PARTIAL_DIR", "UNRECORDED_OPTIONS",
+    "hypothesis_row", "attention_matrix", "build_meta", "write_meta", "read_meta", "read_results", "read_attention", "attention_ids",
+    "write_errors", "write_final", "save_batch", "load_partial", "remove_partial", "write_partial_settings",
+]
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+ATTENTION = "attention.npz"
+META = "meta.json"
+ERRORS = "errors.tsv"
+PARTIAL_RESULTS = "results.partial.jsonl"
+PARTIAL_DIR = ".partial"
+
+#: Search options of decode folders written before ``meta.json`` recorded them: the values those decodes used
+#: (``conf/decode.yaml`` of the time; no joint CTC decoding existed before ``ctc_weight`` was recorded). Since
+#: :func:`build_meta`, every field of :class:`DecodingOptions` is recorded.
+UNRECORDED_OPTIONS = {"ctc_weight": 0.0, "length_penalty": 0.5, "max_len_ratio": 1.5, "min_len": 5}
+
+
+# ---- rows and attention ---------------------------------------------------------------------------------------
+def attention_matrix(h: Hypothesis) -> np.ndarray:
+    """float32 ``(len(h.tokens) + 1, S)`` attention of a hypothesis; a hypothesis stopped at the length limit
+    without eos (``len(tokens)`` rows) gets an all-zero eos row, so every matrix has the eos step last."""
+    att = h.attention.float().numpy()
+    if att.shape[0] == len(h.tokens):
+        att = np.concatenate([att, np.zeros((1, att.shape[1]), dtype=att.dtype)], 0)
+    return att.astype(np.float32)
+
+
+def hypothesis_row(utt_id: str, ref: str, hyp: str, h: Hypothesis, pieces: list[str], n_frames: int, enc_frames: int) -> dict[str, Any]:
+    """One line of ``results.jsonl`` (module docstring); scores rounded to 4 decimals."""
+    return {
+        "utt_id": utt_id,
+        "ref": ref,
+        "hyp": hyp,
+        "score": round(h.score, 4),
+        "norm_score": round(h.norm_score, 4),
+        "tokens": pieces,
+        "n_frames": int(n_frames),
+        "enc_frames": int(enc_frames),
+    }
+
+
+# ---- meta.json --------------------------------------------------------------------------------------------------
+def build_meta(opts: DecodingOptions, **fields: Any) -> dict[str, Any]:
+    """``meta.json`` content: ``fields`` (model description, data source, statistics) plus every field of
+    ``opts`` (``dataclasses.asdict``), so that a new search option is recorded without touching this module."""
+    return {**fields, **dataclasses.asdict(opts)}
+
+
+def write_meta(meta: Mapping[str, Any], decode_dir: str | Path) -> Path:
+    """Write ``<decode_dir>/meta.json`` atomically."""
+    return atomic_write_text(json.dumps(dict(meta), indent=2) + "\n", Path(decode_dir) / META)
+
+
+def read_meta(decode_dir: str | Path) -> dict[str, Any]:
+    """``<decode_dir>/meta.json``, with ``frame_shift_s=0.01`` and ``subsampling=1`` when absent (a warning when
+    the file is missing) and, for folders written before a search option was recorded, the value decodes
+    used then (:data:`UNRECORDED_OPTIONS`; not today's defaults, which may differ).
+
+    Raises
+    ------
+    ValueError
+        The file is not a JSON object (the message names it).
+    """
+    path = Path(decode_dir) / META
+    meta: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: not a JSON object")
+    else:
+        log.warning("%s not found: assuming frame_shift_s=0.01, subsampling=1", path)
+    meta.setdefault("frame_shift_s", 0.01)
+    meta.setdefault("subsampling", 1)
+    for k, v in UNRECORDED_OPTIONS.items():
+        meta.setdefault(k, v)
+    return meta
+
+
+# ---- results.jsonl, attention.npz ---------------------------------------------------------------------------------
+def read_results(decode_dir: str | Path) -> list[dict[str, Any]]:
+    """Read ``<decode_dir>/results.jsonl`` (one JSON object per utterance, file order).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If a line is not JSON, lacks ``utt_id``/``ref``/``hyp``, or an utt id repeats (the message
+        names the file and line).
+    """
+    path = Path(decode_dir) / RESULTS
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            missing = [k for k in ("utt_id", "ref", "hyp") if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing key(s) {missing}")
+            if row["utt_id"] in seen:
+                raise ValueError(f"{path}:{lineno}: duplicate utt_id {row['utt_id']!r}")
+            seen.add(row["utt_id"])
+            rows.append(row)
+    return rows
+
+
+def read_attention(decode_dir: str | Path, utt_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Attention matrices of ``<decode_dir>/attention.npz`` (all, or those of ``utt_ids``), ``(U + 1, S)`` each.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``attention.npz``.
+    ValueError
+        An id of ``utt_ids`` has no matrix (the message names the file and the id).
+    """
+    path = Path(decode_dir) / ATTENTION
+    with np.load(path) as z:
+        ids = list(z.files) if utt_ids is None else list(utt_ids)
+        missing = [u for u in ids if u not in z.files]
+        if missing:
+            raise ValueError(f"{path}: no attention for utterance(s) {missing[:5]}")
+        return {u: z[u] for u in ids}
+
+
+def attention_ids(decode_dir: str | Path) -> list[str]:
+    """The utterance ids that ``<decode_dir>/attention.npz`` holds a matrix for (FileNotFoundError when absent)."""
+    with np.load(Path(decode_dir) / ATTENTION) as z:
+        return list(z.files)
+
+
+def write_errors(errors: list[tuple[str, str]], out_dir: str | Path) -> None:
+    """``<out_dir>/errors.tsv``: a ``file<TAB>reason`` header and one line per error (whitespace runs in
+    either field collapsed to one space, so a line holds one tab)."""
+    def clean(x: str) -> str:
+        return " ".join(x.split())
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / ERRORS)
+
+
+def write_final(out_dir: str | Path, rows: Mapping[str, dict], atts: Mapping[str, np.ndarray]) -> list[str]:
+    """Write ``results.jsonl`` (sorted by id), ``attention.npz`` (compressed), ``hyp.trn`` and ``ref.trn``;
+    returns the sorted ids."""
+    out_dir = Path(out_dir)
+    ids = sorted(rows)
+    atomic_write_text("".join(json.dumps(rows[u]) + "\n" for u in ids), out_dir / RESULTS)
+    with atomic_open(out_dir / ATTENTION, "wb") as f:
+        np.savez_compressed(f, **{u: atts[u] for u in ids})
+    write_trn(out_dir / "hyp.trn", {u: rows[u]["hyp"] for u in ids})
+    write_trn(out_dir / "ref.trn", {u: rows[u]["ref"] for u in ids})
+    return ids
+
+
+# ---- partial files (resuming) ----------------------------------------------------------------------------------
+def remove_partial(out_dir: str | Path) -> None:
+    """Remove ``results.partial.jsonl`` and ``.partial/`` (settings and attention shards)."""
+    out_dir = Path(out_dir)
+    (out_dir / PARTIAL_RESULTS).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+
+
+def write_partial_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> None:
+    """Start the partial files of a new decode: remove old ones and write ``.partial/settings.json``, unless
+    that file exists (a resumed decode keeps its partial files)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / PARTIAL_DIR / "settings.json").exists():
+        remove_partial(out_dir)
+        atomic_write_text(json.dumps(dict(settings), indent=2) + "\n", out_dir / PARTIAL_DIR / "settings.json")
+
+
+def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
+    """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
+
+    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames)``; a stored row is kept only when
+    its id is wanted with the same ref and frame count, its JSON line is complete and its attention is in
+    its shard. Partial files written with other ``settings`` (or without settings) are removed with a
+    warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
+    """
+    out_dir = Path(out_dir)
+    part_dir, part_jsonl = out_dir / PARTIAL_DIR, out_dir / PARTIAL_RESULTS
+    if not part_dir.exists() and not part_jsonl.exists():
+        return {}, {}, 0
+    try:
+        stored = json.loads((part_dir / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if stored != settings:
+        changed = sorted(k for k in set(settings) | set(stored or {}) if (stored or {}).get(k) != settings.get(k))
+        log.warning("partial decode results in %s were made with other settings (%s): starting over", out_dir, ", ".join(changed) or "no settings.json")
+        remove_partial(out_dir)
+        return {}, {}, 0
+    remove_stale_temp_files(part_dir)
+    shard_nums = [int(p.stem.split("_", 1)[1]) for p in part_dir.glob("attention_*.npz") if p.stem.split("_", 1)[1].isdigit()]
+    next_shard = max(shard_nums, default=-1) + 1
+    lines = part_jsonl.read_text(encoding="utf-8", errors="replace").split("\n") if part_jsonl.exists() else []
+    by_shard: dict[int, dict[str, dict]] = {}
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            shard = int(row.pop("_shard"))
+            uid = row["utt_id"]
+        except (ValueError, KeyError, TypeError):
+            last = all(not x.strip() for x in lines[k + 1 :])
+            (log.info if last else log.warning)("ignoring %s line %d of %s", "truncated last" if last else "unreadable", k + 1, part_jsonl)
+            continue
+        by_shard.setdefault(shard, {})[uid] = row
+    rows: dict[str, dict] = {}
+    atts: dict[str, np.ndarray] = {}
+    for shard, shard_rows in sorted(by_shard.items()):
+        try:
+            with np.load(part_dir / f"attention_{shard}.npz") as z:
+                for uid, row in shard_rows.items():
+                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames")):
+                        rows[uid], atts[uid] = row, z[uid]
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)
+    # Keep only the usable lines, so that appending cannot glue a new row onto a truncated one.
+    atomic_write_text("".join(json.dumps({**rows[u], "_shard": s}) + "\n" for s, sr in sorted(by_shard.items()) for u in sr if u in rows), part_jsonl)
+    return rows, atts, next_shard
+
+
+def save_batch(out_dir: str | Path, shard: int, rows: list[dict], atts: dict[str, np.ndarray], part_file: Any) -> None:
+    """Store one decoded batch: its attention shard atomically first, then its rows (fsynced) to the open
+    ``results.partial.jsonl`` ``part_file``."""
+    with atomic_open(Path(out_dir) / PARTIAL_DIR / f"attention_{shard}.npz", "wb") as f:
+        np.savez(f, **atts)
+    part_file.write("".join(json.dumps({**r, "_shard": shard}) + "\n" for r in rows))
+    part_file.flush()
+    os.fsync(part_file.fileno())

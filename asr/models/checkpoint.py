@@ -1,0 +1,181 @@
+"""The training checkpoint format: its one reader and writer (no Lightning needed to read one).
+
+A checkpoint is a ``torch.save`` file holding plain types and tensors only, so it loads with
+``torch.load(..., weights_only=True)`` and nothing in it is ever run:
+
+* ``state_dict``: the Lightning module's weights, the model's under the prefix ``model.`` (CMVN statistics are
+  buffers of the model, so they travel with it);
+* ``asr`` (:data:`ASR_KEY`): what rebuilding needs, written by :func:`checkpoint_payload`: ``model_cfg`` (the
+  ``model`` config group, types chosen from the registries of :mod:`asr.models.asr_model`), ``optim_cfg``,
+  ``tokenizer_proto`` (the serialized sentencepiece model), ``feat_dim``, ``frame_shift_s`` and, since
+  checkpoints of this version, ``fbank`` (every :class:`~asr.features.fbank.FbankOptions` field);
+* Lightning's own entries (``epoch``, optimiser states, callbacks), read only by Lightning when resuming.
+
+The stored configs are checked against an allow-list (:func:`check_stored_config`) before anything is built.
+The training side (``asr.lightning.module``) writes the payload with :func:`checkpoint_payload`; decoding,
+plotting, averaging, export and the inference API read with :func:`read_checkpoint` / :func:`load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.features.fbank import FbankOptions
+from asr.models.asr_model import AttentionASRModel, build_model, reject_target_keys
+from asr.text.tokenizer import Tokenizer
+
+__all__ = [
+    "ASR_KEY",
+    "ALLOWED_OPTIMIZERS",
+    "MODEL_PREFIX",
+    "checkpoint_payload",
+    "read_checkpoint",
+    "check_stored_config",
+    "model_state_dict",
+    "fbank_options",
+    "load_checkpoint",
+]
+
+#: Checkpoint key holding what ``asr-decode`` needs to rebuild model and tokenizer (plain types only,
+#: so checkpoints load with ``torch.load(..., weights_only=True)``).
+ASR_KEY = "asr"
+
+#: Prefix of the model's weights in a checkpoint's ``state_dict`` (the Lightning module's attribute name).
+MODEL_PREFIX = "model."
+
+#: Optimisers a stored ``optim`` config may name (key ``optimizer``, ``name`` or ``type``); the LR schedule is
+#: a LambdaLR built in code. Anything else in a checkpoint is refused by :func:`load_checkpoint`.
+ALLOWED_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def checkpoint_payload(model_cfg: dict, optim_cfg: dict, tokenizer: Tokenizer, feat_dim: int, frame_shift_s: float, fbank: FbankOptions | dict | None = None) -> dict[str, Any]:
+    """The :data:`ASR_KEY` entry of a checkpoint (plain types only).
+
+    Parameters
+    ----------
+    model_cfg, optim_cfg : dict
+        The ``model`` and ``optim`` config groups as plain containers.
+    tokenizer : Tokenizer
+        Its serialized model is stored (a few kB).
+    feat_dim : int
+        F, fbank bins; frame_shift_s : float, seconds between fbank frames.
+    fbank : FbankOptions or dict, optional
+        The full front-end settings (stored as a dict under ``fbank``); None stores only the two above.
+    """
+    payload = {
+        "model_cfg": model_cfg,
+        "optim_cfg": optim_cfg,
+        "tokenizer_proto": tokenizer.proto,
+        "feat_dim": int(feat_dim),
+        "frame_shift_s": float(frame_shift_s),
+    }
+    if fbank is not None:
+        payload["fbank"] = dataclasses.asdict(fbank) if isinstance(fbank, FbankOptions) else dict(fbank)
+    return payload
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, loaded with ``weights_only=True`` (nothing in the file is run).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not loadable with ``weights_only=True`` (it pickles other objects than tensors and plain containers),
+        or not an ``asr`` checkpoint (no ``state_dict`` or no :data:`ASR_KEY` entry); the message names the file.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never fall back to unsafe loading
+        raise ValueError(f"refusing to load checkpoint {path}: not loadable with weights_only=True ({exc})") from exc
+    if not isinstance(ckpt, dict) or ASR_KEY not in ckpt:
+        raise ValueError(f"{path} is not an asr training checkpoint (no '{ASR_KEY}' entry)")
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not an asr training checkpoint (no 'state_dict' entry)")
+    return ckpt
+
+
+def check_stored_config(model_cfg: Any, optim_cfg: Any, where: str = "checkpoint") -> None:
+    """Refuse a stored config that asks for anything beyond the registries and the optimiser allow-list.
+
+    Raises
+    ------
+    ValueError
+        ``model_cfg`` is not a mapping, either config has a ``_target_`` key (named with its path), or the
+        optimiser named in ``optim_cfg`` (``optimizer``/``name``/``type``) is not in :data:`ALLOWED_OPTIMIZERS`.
+    """
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"refusing {where}: stored model config is {type(model_cfg).__name__}, not a mapping")
+    reject_target_keys(model_cfg, "model", where)
+    if optim_cfg is None:
+        return
+    if not isinstance(optim_cfg, dict):
+        raise ValueError(f"refusing {where}: stored optim config is {type(optim_cfg).__name__}, not a mapping")
+    reject_target_keys(optim_cfg, "optim", where)
+    for key in ("optimizer", "name", "type"):
+        if key in optim_cfg:
+            name = str(optim_cfg[key]).lower().removeprefix("torch.optim.")
+            if name not in ALLOWED_OPTIMIZERS:
+                raise ValueError(f"refusing {where}: optim.{key}={optim_cfg[key]!r} is not an allowed optimiser ({sorted(ALLOWED_OPTIMIZERS)})")
+
+
+def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's weights of a checkpoint dict: its ``state_dict`` entries under :data:`MODEL_PREFIX`,
+    prefix removed (the keys of ``AttentionASRModel.state_dict()``)."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+
+
+def fbank_options(meta: dict[str, Any]) -> FbankOptions:
+    """The front end a model was trained with, from a checkpoint's :data:`ASR_KEY` entry (or an exported
+    model's ``features`` config): its ``fbank`` dict when present, else the defaults with ``feat_dim`` bins
+    and a ``frame_shift_s`` hop (checkpoints written before ``fbank`` was stored).
+
+    Raises
+    ------
+    ValueError
+        ``fbank`` holds a key that is not a :class:`FbankOptions` field.
+    """
+    stored = dict(meta.get("fbank") or {})
+    known = {f.name for f in dataclasses.fields(FbankOptions)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ValueError(f"unknown fbank option(s) {unknown}; known: {sorted(known)}")
+    if not stored:
+        stored = {"num_mel_bins": int(meta.get("feat_dim", 80)), "frame_shift_ms": 1000.0 * float(meta.get("frame_shift_s", 0.01))}
+    return FbankOptions(**stored)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[AttentionASRModel, Tokenizer, dict]:
+    """Rebuild model and tokenizer from a training checkpoint, loading with ``weights_only=True``.
+
+    Returns
+    -------
+    model : AttentionASRModel in eval mode
+    tokenizer : Tokenizer
+    meta : dict (the :data:`ASR_KEY` entry: ``model_cfg``, ``feat_dim``, ``frame_shift_s``, ...)
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file is not an ``asr`` checkpoint (no ``"asr"`` entry) or refuses to load safely: it holds
+        pickled objects other than tensors and plain containers (nothing in it is run), its stored config
+        has a ``_target_`` key anywhere (the error names the key path), names an optimiser outside
+        :data:`ALLOWED_OPTIMIZERS`, or an unknown encoder/decoder/attention type.
+    """
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt[ASR_KEY]
+    check_stored_config(meta.get("model_cfg"), meta.get("optim_cfg"), str(path))
+    tok = Tokenizer(meta["tokenizer_proto"])
+    model = build_model(meta["model_cfg"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, meta.get("feat_dim", 80))
+    model.load_state_dict(model_state_dict(ckpt))
+    model.eval()
+    return model, tok, meta
