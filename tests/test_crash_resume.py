@@ -16,7 +16,7 @@ from test_train import TINY, _cfg
 
 # 6 training utterances, batch 2 -> 3 optimiser steps per epoch. Dropout, SpecAugment and speed
 # perturbation (the fixture has the 0.9/1.1 dumps) stay on: every random draw must survive a resume.
-RUN = [*TINY, "data.batch_size=2", "threads=1", "deterministic=true", "keep_checkpoints=0", "optim.warmup_steps=2"]
+RUN = [*TINY, "threads=1", "deterministic=true", "keep_checkpoints=0", "optim.warmup_steps=2"]
 
 
 def _ckpt(path: Path) -> dict:
@@ -151,8 +151,12 @@ main()
 """
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_path):
+@pytest.mark.parametrize("batching", [("data.batch_size=2",), ("data.batch_size=1000", "data.max_duration=5.0")], ids=["count", "duration"])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_path, batching):
     """asr-train killed with SIGKILL inside epoch 2 (step 7 of 9), resumed with ckpt_path=last: same final weights.
+
+    Both batchings give 3 batches of 2 of the 6 training utterances: 2 per batch, or 5 s of padded audio per batch
+    (the dynamic batches of ``data.max_duration``; frames 148-208).
 
     Lightning semantics this relies on (checked here): last.ckpt is written at every epoch end (so at the
     kill it holds epoch 1, step 6) and a resumed run re-runs the interrupted epoch from its start.
@@ -171,14 +175,14 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_pa
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ASRLightningModule, "on_train_batch_start", start)
-        train(_cfg(mini_an4, ref_exp, [*RUN, "trainer.max_epochs=3"]))
+        train(_cfg(mini_an4, ref_exp, [*RUN, *batching, "trainer.max_epochs=3"]))
     assert all(e == sampler_epoch for e, sampler_epoch in seen) and len(seen) == 9  # a new batch order every epoch
     ref = _ckpt(ref_exp / "checkpoints/last.ckpt")
     assert ref["epoch"] == 2 and ref["global_step"] == 9  # last.ckpt = the final epoch, improved dev WER or not
 
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    args = [f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}", "tokenizer=char", f"exp_dir={exp}", *RUN, "trainer.max_epochs=3"]
+    args = [f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}", "tokenizer=char", f"exp_dir={exp}", *RUN, *batching, "trainer.max_epochs=3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), "7", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -186,7 +190,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_pa
     at_kill = _ckpt(exp / "checkpoints/last.ckpt")
     assert at_kill["epoch"] == 1 and at_kill["global_step"] == 6  # the end of epoch 1, not mid-epoch
 
-    summary = train(_cfg(mini_an4, exp, [*RUN, "trainer.max_epochs=3", "ckpt_path=last"]))
+    summary = train(_cfg(mini_an4, exp, [*RUN, *batching, "trainer.max_epochs=3", "ckpt_path=last"]))
     assert summary["epochs"] == 3
     got = _ckpt(exp / "checkpoints/last.ckpt")
     assert got["global_step"] == 9  # epoch 2 re-run from its start: 3 more steps, not 2

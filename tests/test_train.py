@@ -146,11 +146,13 @@ def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     torch.testing.assert_close(model.decoder.output.weight, (w[0] + w[1]) / 2)
 
 
-def test_ddp_two_cpu_processes(mini_an4, tmp_path):
-    """trainer=ddp with 2 CPU processes (gloo): each rank gets its own share of the batches."""
+@pytest.mark.parametrize("batching", [("data.batch_size=1",), ("data.batch_size=1000", "data.max_duration=2.0")], ids=["count", "duration"])
+def test_ddp_two_cpu_processes(mini_an4, tmp_path, batching):
+    """trainer=ddp with 2 CPU processes (gloo): each rank gets its own share of the batches (1 utterance each:
+    by count, or by 2 s of padded audio, which no two of these 1.5-2.1 s utterances fit in together)."""
     exp = tmp_path / "exp"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "asr.cli.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "data.batch_size=1", "threads=1",
+    cmd = [sys.executable, "-m", "asr.cli.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", *batching, "threads=1",
            f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}", "tokenizer=char", f"exp_dir={exp}", *TINY]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

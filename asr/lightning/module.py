@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 __all__ = ["ASRLightningModule", "TrainingDivergedError", "epoch_seed", "ASR_KEY", "ALLOWED_OPTIMIZERS", "check_stored_config", "load_checkpoint"]
 
 
+def warmup_steps(optim_cfg: dict, total: int, max_epochs: int) -> int:
+    """Warm-up length in optimiser steps, at most ``total - 1`` (the decay needs a step).
+
+    ``optim.warmup_epochs`` x steps per epoch (``total / max_epochs``) when set, so that the warm-up covers the same
+    share of training whatever the batch size (batches sized by ``data.max_duration`` give far fewer steps per
+    epoch than batches of 8); else ``optim.warmup_steps``.
+    """
+    epochs = optim_cfg.get("warmup_epochs")
+    if epochs:
+        steps = int(round(float(epochs) * total / max(1, max_epochs)))
+    else:
+        steps = int(optim_cfg.get("warmup_steps", 0))
+    return max(0, min(steps, total - 1))
+
+
 class TrainingDivergedError(RuntimeError):
     """Too many optimiser steps in a row had a non-finite loss or gradient (``max_bad_steps``)."""
 
@@ -216,18 +231,6 @@ class ASRLightningModule(L.LightningModule):
         self._plot_item = None
 
     # ---- optimisation -------------------------------------------------------------------------------
-    def warmup_steps(self, total: int) -> int:
-        """Warm-up length in optimiser steps: ``optim.warmup_epochs`` x steps per epoch when set (so the warm-up
-        covers the same share of training whatever the batch size: batches sized by ``data.max_duration`` give
-        far fewer steps per epoch), else ``optim.warmup_steps``; at most ``total - 1``."""
-        epochs = self.optim_cfg.get("warmup_epochs")
-        if epochs:
-            per_epoch = total / max(1, int(self.trainer.max_epochs or 1))
-            steps = int(round(float(epochs) * per_epoch))
-        else:
-            steps = int(self.optim_cfg.get("warmup_steps", 0))
-        return max(0, min(steps, total - 1))
-
     def configure_optimizers(self):
         """Adam with a learning-rate factor stepped every optimiser step; ``optim_cfg["schedule"]`` picks it.
 
@@ -248,7 +251,7 @@ class ASRLightningModule(L.LightningModule):
             raise ValueError(f"unknown optim.schedule {schedule!r}; choose cosine or noam")
         opt = torch.optim.Adam(self.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.warmup_steps(total)
+        warmup = warmup_steps(cfg, total, int(self.trainer.max_epochs or 1))
         floor = float(cfg.get("min_lr_ratio", 0.05))
 
         def factor(step: int) -> float:
@@ -258,7 +261,7 @@ class ASRLightningModule(L.LightningModule):
             p = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
-        noam_warmup = warmup if cfg.get("warmup_epochs") else int(cfg.get("warmup_steps", 0))
+        noam_warmup = warmup if cfg.get("warmup_epochs") else int(cfg.get("warmup_steps", 0))  # noam: not capped
         if schedule == "noam" and noam_warmup < 1:
             raise ValueError(f"optim.schedule=noam needs warmup_steps >= 1, got {noam_warmup}")
 

@@ -140,7 +140,7 @@ def xavier_init_(module: nn.Module) -> None:
     Glorot & Bengio (2010)'s uniform distribution, biases set to 0, embeddings ``N(0, 1)`` then scaled like
     the Transformer decoder's own init (``d^-0.5``), LayerNorm left at (1, 0). In place.
 
-    Why: PyTorch's default Linear init (Kaiming uniform with ``a = sqrt(5)``) gives weights ~1.7x smaller;
+    Why: PyTorch's default Linear init (Kaiming uniform, ``a = sqrt(5)``: bound ``1/sqrt(fan_in)``) is up to sqrt(3) ~ 1.7x narrower;
     ESPnet's AN4 Transformer (7.6 % test WER) trains from Xavier.
     """
     for name, m in module.named_modules():

@@ -1,0 +1,81 @@
+"""Batches sized by audio (``data.max_duration``), warm-up in epochs, and the Xavier init option (issue 11)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from asr.cli.train import batch_frame_budget
+from asr.data.dataset import LengthBucketBatchSampler
+from asr.features.fbank import FbankOptions
+
+
+@pytest.mark.parametrize(
+    "data, budget",
+    [({"max_frames": 0, "max_duration": 0}, 0), ({"max_frames": 0, "max_duration": 200}, 20000),
+     ({"max_frames": 5000, "max_duration": 200}, 5000), ({"max_frames": 30000, "max_duration": 2.5}, 250), ({}, 0)],
+)
+def test_batch_frame_budget(data, budget):
+    assert batch_frame_budget(OmegaConf.create(data), FbankOptions()) == budget
+
+
+@pytest.mark.parametrize("data", [{"max_duration": -1}, {"max_frames": -3}, {"max_duration": float("nan")}])
+def test_batch_frame_budget_rejects_bad_values(data):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        batch_frame_budget(OmegaConf.create(data), FbankOptions())
+
+
+def test_duration_batches_on_real_features_cover_every_utterance_within_budget(real_feats):
+    """Dynamic batches over real fbank: every utterance exactly once per epoch, padded frames within the budget
+    (but for an utterance longer than the budget, alone), short utterances in bigger batches, all ranks alike."""
+    lengths = [real_feats[k].shape[0] for k in sorted(real_feats)] * 5  # 30 utterances, 148-208 frames
+    budget = 600
+    seen_sizes = set()
+    for rank in range(2):
+        s = LengthBucketBatchSampler(lengths, batch_size=1000, max_frames=budget, shuffle=True, seed=3, num_replicas=2, rank=rank)
+        s.set_epoch(4)
+        batches = [[i for i, _ in b] for b in s]
+        assert len(batches) == len(s)
+        for b in batches:
+            assert len(b) * max(lengths[i] for i in b) <= budget or len(b) == 1
+            seen_sizes.add(len(b))
+    full = LengthBucketBatchSampler(lengths, batch_size=1000, max_frames=budget, shuffle=True, seed=3, num_replicas=1, rank=0)
+    full.set_epoch(4)
+    assert sorted(i for b in full for i, _ in b) == list(range(len(lengths)))
+    assert max(seen_sizes) == 4 and 2 in seen_sizes  # 4 x 148 but only 2 x 208: more short ones per batch
+    other = LengthBucketBatchSampler(lengths, batch_size=1000, max_frames=budget, shuffle=True, seed=3, num_replicas=1, rank=0)
+    other.set_epoch(5)
+    assert [b for b in full] != [b for b in other]  # another batch order every epoch
+
+
+@pytest.mark.parametrize("optim, total, epochs, expect", [
+    ({"warmup_steps": 500}, 1400, 100, 500),
+    ({"warmup_steps": 500, "warmup_epochs": 10}, 1400, 100, 140),  # 14 steps per epoch
+    ({"warmup_epochs": 10}, 10600, 100, 1060),
+    ({"warmup_steps": 5000}, 1000, 10, 999),  # capped: the decay needs at least one step
+])
+def test_warmup_in_epochs_follows_steps_per_epoch(optim, total, epochs, expect):
+    from asr.lightning.module import warmup_steps
+
+    assert warmup_steps({"lr": 1e-3, **optim}, total, epochs) == expect
+
+
+def test_xavier_init_option():
+    from asr.models.asr_model import build_model
+
+    cfg = {"encoder": {"type": "transformer", "d_model": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 1, "conv_channels": 8},
+           "attention": {"type": "location_aware", "att_dim": 32}, "decoder": {"type": "transformer", "d_model": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 1},
+           "ctc_weight": 0.3}
+    torch.manual_seed(0)
+    default = build_model(cfg, 12, 2, 3, 0)
+    torch.manual_seed(0)
+    xavier = build_model({**cfg, "init": "xavier_uniform"}, 12, 2, 3, 0)
+    w_d, w_x = default.encoder.layers[0].ff.w_1.weight, xavier.encoder.layers[0].ff.w_1.weight
+    bound = (6 / (w_x.shape[0] + w_x.shape[1])) ** 0.5  # Glorot & Bengio 2010
+    assert w_x.abs().max() <= bound and w_x.abs().max() > 0.9 * bound
+    assert w_d.abs().max() < 0.75 * bound  # PyTorch default: 1/sqrt(fan_in), here 0.71 of the Glorot bound
+    assert torch.count_nonzero(xavier.encoder.layers[0].ff.w_1.bias) == 0
+    assert torch.equal(xavier.encoder.norm.weight, torch.ones(32))  # LayerNorm untouched
+    with pytest.raises(ValueError, match="model.init"):
+        build_model({**cfg, "init": "orthogonal"}, 12, 2, 3, 0)
