@@ -30,7 +30,10 @@ tokenizer, the features, the attention weights (``attention.npz``, plots) and ``
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
+import math
 import json
 import logging
 import os
@@ -47,7 +50,8 @@ from tqdm import tqdm
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION, Utterance
 from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, load_split, make_collate
-from asr.decoding.search import DecodingOptions, decode_batch
+from asr.decoding.longform import SegmentOptions, find_segments, segment_id, stitch
+from asr.decoding.search import DecodingOptions, Hypothesis, decode_batch
 from asr.features.audio import AudioError, audio_duration, load_audio
 from asr.features.fbank import FbankOptions, compute_fbank
 from asr.lightning.module import load_checkpoint
@@ -72,33 +76,82 @@ def _utt_id_for(path: str, taken: set[str]) -> str:
     return uid
 
 
-def _audio_utts(paths: list[str], fbank: FbankOptions) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
-    """Utterances for user audio files (id: see `_utt_id_for`); unreadable files are reported, not fatal."""
+def _min_samples(fbank: FbankOptions, min_frames: int) -> int:
+    """Samples of the shortest waveform giving ``min_frames`` fbank frames (one window + hops)."""
+    return math.ceil(fbank.sample_rate * (fbank.frame_length_ms + (min_frames - 1) * fbank.frame_shift_ms) / 1000)
+
+
+def _too_short(n_samples: int, fbank: FbankOptions, min_frames: int) -> str | None:
+    """``"too short: N ms < minimum M ms"`` when a waveform of ``n_samples`` gives fewer than ``min_frames``
+    fbank frames (the fewest the encoder needs for one output frame), else None."""
+    need = _min_samples(fbank, min_frames)
+    if n_samples >= need:
+        return None
+    return f"too short: {1000 * n_samples / fbank.sample_rate:.0f} ms < minimum {1000 * need / fbank.sample_rate:.0f} ms"
+
+
+def _load_fbank(path: str, fbank: FbankOptions, min_frames: int) -> torch.Tensor:
+    """``(T, F)`` fbank of an audio file, refusing one too short for the model.
+
+    Raises
+    ------
+    AudioError
+        As :func:`load_audio`, or ``too short: N ms < minimum M ms``.
+    """
+    wav = load_audio(path, fbank.sample_rate)
+    short = _too_short(wav.numel(), fbank, min_frames)
+    if short:
+        raise AudioError(path, short)
+    return compute_fbank(wav, fbank)
+
+
+def _audio_utts(paths: list[str], fbank: FbankOptions, min_frames: int = 1) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """Utterances for user audio files (id: see `_utt_id_for`); unreadable or too short files (fewer than
+    ``min_frames`` fbank frames) are reported, not fatal."""
     utts, feats, errors = [], {}, []
     taken: set[str] = set()
     for p in paths:
         uid = _utt_id_for(str(p), taken)
         try:
-            wav = load_audio(p, fbank.sample_rate)
-            feats[uid] = compute_fbank(wav, fbank)
-            utts.append(Utterance(uid, str(p), "", "unknown", wav.numel() / fbank.sample_rate))
+            feats[uid] = _load_fbank(p, fbank, min_frames)
+            wav_s = (feats[uid].shape[0] - 1) * fbank.frame_shift_s + fbank.frame_length_ms / 1000
+            utts.append(Utterance(uid, str(p), "", "unknown", wav_s))
         except (AudioError, ValueError) as exc:
             log.error("skipping %s: %s", p, exc)
             errors.append((str(p), str(exc)))
     return utts, feats, errors
 
 
-def _check_data_dir_audio(ds: ASRDataset, fbank: FbankOptions) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
+def _feats_problem(x: torch.Tensor, feat_dim: int, min_frames: int, frame_shift_s: float) -> str | None:
+    """Why a dumped ``(T, F)`` feature matrix cannot be decoded (wrong shape, too few frames, NaN/Inf), or None."""
+    if x.ndim != 2 or x.shape[1] != feat_dim:
+        return f"feature dump entry has shape {tuple(x.shape)}, expected (T, {feat_dim})"
+    if x.shape[0] < min_frames:
+        return f"too short: {x.shape[0]} feature frames ({1000 * x.shape[0] * frame_shift_s:.0f} ms) < minimum {min_frames} ({1000 * min_frames * frame_shift_s:.0f} ms)"
+    if not bool(torch.isfinite(x).all()):
+        return f"feature dump entry holds {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)"
+    return None
+
+
+def _check_data_dir_audio(ds: ASRDataset, fbank: FbankOptions, min_frames: int = 1) -> tuple[list[Utterance], dict[str, torch.Tensor], list[tuple[str, str]]]:
     """Features of the data dir utterances missing from the dump, computed now so that an unreadable
-    audio file is reported (and its utterance left out) instead of stopping the decoding halfway."""
+    audio file is reported (and its utterance left out) instead of stopping the decoding halfway; dumped
+    features with fewer than ``min_frames`` frames, the wrong dimension or NaN/Inf values are reported too."""
     utts, feats, errors = [], dict(ds.feats), []
     for u in ds.utts:
         if u.utt_id not in feats:
             try:
-                feats[u.utt_id] = compute_fbank(load_audio(u.wav, fbank.sample_rate), fbank)
+                feats[u.utt_id] = _load_fbank(u.wav, fbank, min_frames)
             except (AudioError, ValueError) as exc:
                 log.error("skipping utterance %s: %s", u.utt_id, exc)
                 errors.append((u.wav, f"utterance {u.utt_id}: {exc}"))
+                continue
+        else:
+            problem = _feats_problem(feats[u.utt_id], fbank.num_mel_bins, min_frames, fbank.frame_shift_s)
+            if problem:
+                log.error("skipping utterance %s: %s", u.utt_id, problem)
+                errors.append((u.wav, f"utterance {u.utt_id}: {problem}"))
+                del feats[u.utt_id]
                 continue
         utts.append(u)
     return utts, feats, errors
@@ -131,20 +184,148 @@ def _resume_settings(cfg: DictConfig, opts: DecodingOptions) -> dict[str, Any]:
     source. Batch size, ``max_frames``, threads and device are left out: batched search gives the
     per-utterance result (up to float noise)."""
     if cfg.get("data_dir"):
-        source: dict[str, Any] = {"data_dir": str(Path(cfg.data_dir).resolve()), "dump_dir": str(Path(cfg.dump_dir).resolve()) if cfg.get("dump_dir") else None}
+        source: dict[str, Any] = {"data_dir": os.path.abspath(cfg.data_dir), "dump_dir": os.path.abspath(cfg.dump_dir) if cfg.get("dump_dir") else None}
+        if cfg.get("dump_dir"):
+            source["dump_sig"] = _input_sig(Path(cfg.dump_dir) / "feats.pt")
     else:
-        source = {"audio": [str(Path(str(a)).resolve()) for a in cfg.audio]}
+        # abspath, not resolve(): a symlink loop must become an errors.tsv row, not stop the decode here.
+        source = {"audio": [os.path.abspath(str(a)) for a in _audio_list(cfg)]}
     settings = {
         "version": _PARTIAL_VERSION,
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "checkpoint_sha256": _file_sha256(cfg.ckpt),
         **dataclasses.asdict(opts),  # every search option
         **source,
+        "longform_max_s": float(cfg.get("longform_max_s", 0) or 0),
     }
     members = _ensemble_paths(cfg)
     if members:
         settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": _file_sha256(c)} for c in members]
     return settings
+
+
+def _input_sig(path: str | Path) -> str:
+    """``"<size>:<mtime_ns>"`` of a file (following symlinks), ``""`` when it cannot be stat'ed: part of the
+    resume key, so that a result is not reused for a changed file at the same path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _audio_list(cfg: DictConfig) -> list[str]:
+    """``cfg.audio`` as a list of paths: ``audio=x.wav`` (a string, no brackets) is one file, not its characters.
+
+    Raises
+    ------
+    ValueError
+        ``audio`` is neither a string nor a list of strings.
+    """
+    audio = cfg.get("audio") or []
+    if isinstance(audio, (str, os.PathLike)):
+        return [str(audio)]
+    try:
+        items = list(audio)
+    except TypeError:
+        raise ValueError(f"audio must be a file path or a list of them, got {audio!r}") from None
+    for a in items:
+        if not isinstance(a, (str, os.PathLike)):
+            raise ValueError(f"audio must be a file path or a list of them; item {a!r} is {type(a).__name__}")
+    return [str(a) for a in items]
+
+
+LOCK_FILE = ".decode.lock"
+#: Final outputs a decode owns in ``out_dir`` (removed when a new decode starts, so that no file of an
+#: earlier run is left next to the new results): files, then folders (``asr-score``/``asr-plot`` outputs).
+OWNED_FILES = ("results.jsonl", "attention.npz", "hyp.trn", "ref.trn", "errors.tsv", "meta.json", "segments.jsonl")
+OWNED_DIRS = ("scoring", "plots")
+
+
+class OutDirLock:
+    """Exclusive advisory lock (``fcntl.flock``) on ``out_dir/.decode.lock`` for the duration of a decode.
+
+    Raises
+    ------
+    RuntimeError
+        On entering, when another process holds the lock (another decode writes into ``out_dir``); the
+        message names the directory and the pid stored in the lock file.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RuntimeError(f"out_dir {self.path.parent} is in use by another asr-decode (pid {holder}); wait for it or choose another out_dir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock; the file stays (removing it would race a waiting decode)
+            self.fd = None
+
+
+def _remove_stale_outputs(out_dir: Path) -> list[str]:
+    """Remove the final outputs of an earlier decode of ``out_dir`` (:data:`OWNED_FILES`, :data:`OWNED_DIRS`);
+    the partial files used for resuming are left alone. Returns the names removed."""
+    removed = []
+    for name in OWNED_FILES:
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(name)
+    for name in OWNED_DIRS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+            removed.append(name + "/")
+    if removed:
+        log.info("removed earlier outputs from %s: %s", out_dir, ", ".join(removed))
+    return removed
+
+
+def min_input_frames(models: list[AttentionASRModel], limit: int = 4096) -> int:
+    """Fewest feature frames every member's encoder turns into at least one encoder frame (its subsampling).
+
+    Raises
+    ------
+    ValueError
+        No count up to ``limit`` works.
+    """
+    for n in range(1, limit + 1):
+        if all(int(m.encoder.output_lengths(torch.tensor([n]))[0]) >= 1 for m in models):
+            return n
+    raise ValueError(f"no input of up to {limit} frames gives an encoder frame")
+
+
+def _decode_isolated(models: list[AttentionASRModel], xs: torch.Tensor, lens: torch.Tensor, opts: DecodingOptions) -> list[Hypothesis | Exception]:
+    """:func:`decode_batch`, one failure not taking the others down: when the batch fails it is decoded one
+    utterance at a time and an utterance that fails alone gets its exception in place of a hypothesis."""
+    try:
+        return list(decode_batch(models, xs, lens, opts))
+    except Exception as exc:  # noqa: BLE001 -- any model error of one input must not stop the others
+        if xs.shape[0] == 1:
+            return [exc]
+        log.warning("batch of %d failed (%s: %s): decoding its utterances one by one", xs.shape[0], type(exc).__name__, exc)
+    out: list[Hypothesis | Exception] = []
+    for i in range(xs.shape[0]):
+        n = int(lens[i])
+        try:
+            out.append(decode_batch(models, xs[i : i + 1, :n], lens[i : i + 1], opts)[0])
+        except Exception as exc:  # noqa: BLE001
+            out.append(exc)
+    return out
 
 
 def _ensemble_paths(cfg: DictConfig) -> list[str]:
@@ -205,8 +386,9 @@ def _remove_partial(out_dir: Path) -> None:
 def _load_partial(out_dir: Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
     """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
 
-    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames)``; a stored row is kept only when
-    its id is wanted with the same ref and frame count, its JSON line is complete and its attention is in
+    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames, input signature)``; a stored row is
+    kept only when its id is wanted with the same ref, frame count and input file signature (size and
+    modification time, :func:`_input_sig`: a changed file at the same path is decoded again), its JSON line is complete and its attention is in
     its shard. Partial files written with other ``settings`` (or without settings) are removed with a
     warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
     """
@@ -245,7 +427,7 @@ def _load_partial(out_dir: Path, settings: dict[str, Any], wanted: dict[str, tup
         try:
             with np.load(part_dir / f"attention_{shard}.npz") as z:
                 for uid, row in shard_rows.items():
-                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames")):
+                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames"), row.get("_input")):
                         rows[uid], atts[uid] = row, z[uid]
         except (OSError, ValueError) as exc:
             log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)
@@ -303,38 +485,76 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.get("device", "cpu"))
+    opts = DecodingOptions(cfg.beam_size, cfg.max_len_ratio, cfg.min_len, cfg.length_penalty, cfg.get("ctc_weight", 0.0))
+    max_frames = cfg.get("max_frames", 0) or 0
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0:
+        raise ValueError(f"max_frames must be an integer >= 0 (0: no cap), got {max_frames!r}")
+    longform_max_s = float(cfg.get("longform_max_s", 0) or 0)
+    audio_paths = _audio_list(cfg)
     model, tok, meta = load_checkpoint(cfg.ckpt)
-    opts = DecodingOptions(
-        int(cfg.beam_size), float(cfg.max_len_ratio), int(cfg.min_len), float(cfg.length_penalty), float(cfg.get("ctc_weight", 0.0))
-    )
+    seg_opts = SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 10.0)), longform_max_s), frame_shift_s=meta.get("frame_shift_s", 0.01))
     models = [m.to(device) for m in _load_members(cfg, model, tok, meta, opts)]
+    min_frames = min_input_frames(models)
     fbank = FbankOptions(num_mel_bins=meta.get("feat_dim", 80), frame_shift_ms=1000 * meta.get("frame_shift_s", 0.01))
-    errors: list[tuple[str, str]] = []
     out_dir = Path(cfg.out_dir)
+    with OutDirLock(out_dir):
+        _remove_stale_outputs(out_dir)
+        return _decode_locked(cfg, opts, seg_opts, max_frames, audio_paths, models, tok, meta, fbank, min_frames, out_dir, device)
+
+
+def _decode_locked(
+    cfg: DictConfig, opts: DecodingOptions, seg_opts: SegmentOptions, max_frames: int, audio_paths: list[str], models: list[AttentionASRModel],
+    tok: Tokenizer, meta: dict[str, Any], fbank: FbankOptions, min_frames: int, out_dir: Path, device: torch.device,
+) -> dict[str, Any]:
+    """The body of :func:`decode` once ``out_dir`` is locked and cleaned."""
+    model = models[0]
+    errors: list[tuple[str, str]] = []
     if cfg.get("data_dir"):
         ds = load_split(cfg.data_dir, cfg.get("dump_dir"), tok, fbank, max_bad_fraction=float(cfg.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)))
         errors = [(b.file, f"utterance {b.utt_id}: {b.reason}") for b in ds.skipped]
-        utts, feats, audio_errors = _check_data_dir_audio(ds, fbank)
+        utts, feats, audio_errors = _check_data_dir_audio(ds, fbank, min_frames)
         errors += audio_errors
-        ds = ASRDataset(utts, tok, feats, fbank)
-    elif cfg.get("audio"):
-        utts, feats, errors = _audio_utts(list(cfg.audio), fbank)
-        ds = ASRDataset(utts, tok, feats, fbank)
+    elif audio_paths:
+        utts, feats, errors = _audio_utts(audio_paths, fbank, min_frames)
     else:
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
-    if len(ds) == 0:
+    if not utts:
         if errors:
             _write_errors(errors, out_dir)
             raise ValueError(f"no utterance to decode: {len(errors)} error(s), e.g. {errors[0][0]}: {errors[0][1]}; see {out_dir / 'errors.tsv'}")
         raise ValueError("no utterance to decode")
-    max_frames = int(cfg.get("max_frames", 0) or 0)
+    # Long recordings become segments, decoded as utterances of their own (asr.decoding.longform).
+    units: list[Utterance] = []
+    parents: dict[str, tuple[Utterance, list[tuple[int, int]]]] = {}
+    sig_of: dict[str, str] = {}
+    taken = {u.utt_id for u in utts}
+    for u in utts:
+        sig = _input_sig(u.wav)
+        bounds = find_segments(feats[u.utt_id], seg_opts)
+        if len(bounds) == 1:
+            units.append(u)
+            sig_of[u.utt_id] = sig
+            continue
+        parents[u.utt_id] = (u, bounds)
+        x = feats.pop(u.utt_id)
+        for k, (a, b) in enumerate(bounds):
+            sid = segment_id(u.utt_id, k)
+            if sid in taken:
+                raise ValueError(f"segment id {sid} of the long recording {u.wav} is also an utterance id; rename one")
+            feats[sid] = x[a:b]
+            units.append(Utterance(sid, u.wav, "", u.speaker, (b - a) * fbank.frame_shift_s))
+            sig_of[sid] = sig
+    if parents:
+        log.info("%d recording(s) longer than %g s split into %d segments", len(parents), seg_opts.max_s, sum(len(b) for _, b in parents.values()))
+    ds = ASRDataset(units, tok, feats, fbank)
+    wav_of = {u.utt_id: u.wav for u in units}
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _resume_settings(cfg, opts)
     rows: dict[str, dict] = {}
     atts: dict[str, np.ndarray] = {}
     shard = 0
     if cfg.get("resume", True):
-        wanted = {u.utt_id: (u.text, ds.num_frames(i)) for i, u in enumerate(ds.utts)}
+        wanted = {u.utt_id: (u.text, ds.num_frames(i), sig_of[u.utt_id]) for i, u in enumerate(ds.utts)}
         rows, atts, shard = _load_partial(out_dir, settings, wanted)
         if rows:
             log.info("resuming %s: %d of %d utterances already decoded", out_dir, len(rows), len(ds))
@@ -353,11 +573,16 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     with open(out_dir / PARTIAL_RESULTS, "a", encoding="utf-8") as part_file:
         for batch in tqdm(loader, desc=f"decode beam={opts.beam_size}", unit="batch"):
             batch = batch.to(device)
-            hyps = decode_batch(models, batch.feats, batch.feat_lens, opts)
+            hyps = _decode_isolated(models, batch.feats, batch.feat_lens, opts)
             enc_lens = model.encoder.output_lengths(batch.feat_lens)  # the first member's
             batch_rows, batch_atts = [], {}
             for i, h in enumerate(hyps):
                 uid = batch.ids[i]
+                audio_s += int(batch.feat_lens[i]) * fbank.frame_shift_s
+                if isinstance(h, Exception):
+                    log.error("decoding %s failed: %s: %s", uid, type(h).__name__, h)
+                    errors.append((wav_of[uid], f"utterance {uid}: decoding failed ({type(h).__name__}: {h})"))
+                    continue
                 att = h.attention.float().numpy()
                 if att.shape[0] == len(h.tokens):  # stopped at the length limit without eos: empty eos row
                     att = np.concatenate([att, np.zeros((1, att.shape[1]), dtype=att.dtype)], 0)
@@ -371,19 +596,30 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
                     "tokens": tok.pieces(h.tokens),
                     "n_frames": int(batch.feat_lens[i]),
                     "enc_frames": int(enc_lens[i]),
+                    "_input": sig_of[uid],
                 })
-                audio_s += int(batch.feat_lens[i]) * fbank.frame_shift_s
             _save_batch(out_dir, shard, batch_rows, batch_atts, part_file)
             shard += 1
             atts.update(batch_atts)
             rows.update((r["utt_id"], r) for r in batch_rows)
     elapsed = time.perf_counter() - t0
-    ids = sorted(rows)
-    atomic_write_text("".join(json.dumps(rows[u]) + "\n" for u in ids), out_dir / "results.jsonl")
+    seg_ids = {segment_id(p, k) for p, (_, b) in parents.items() for k in range(len(b))}
+    final = {uid: {k: v for k, v in r.items() if k != "_input"} for uid, r in rows.items() if uid not in seg_ids}
+    seg_lines = []
+    for pid, (u, bounds) in parents.items():
+        seg_rows = [rows.get(segment_id(pid, k)) for k in range(len(bounds))]
+        if all(r is None for r in seg_rows):
+            continue
+        final[pid] = stitch(pid, u.text, seg_rows, bounds, fbank.frame_shift_s)
+        seg_lines += [{"utt_id": pid, **{k: v for k, v in sg.items() if k != "tokens"}} for sg in final[pid]["segments"]]
+    ids = sorted(final)
+    atomic_write_text("".join(json.dumps(final[u]) + "\n" for u in ids), out_dir / "results.jsonl")
     with atomic_open(out_dir / "attention.npz", "wb") as f:
-        np.savez_compressed(f, **{u: atts[u] for u in ids})
-    write_trn(out_dir / "hyp.trn", {u: rows[u]["hyp"] for u in ids})
-    write_trn(out_dir / "ref.trn", {u: rows[u]["ref"] for u in ids})
+        np.savez_compressed(f, **{u: atts[u] for u in sorted(atts) if u in rows})
+    write_trn(out_dir / "hyp.trn", {u: final[u]["hyp"] for u in ids})
+    write_trn(out_dir / "ref.trn", {u: final[u]["ref"] for u in ids})
+    if seg_lines:
+        atomic_write_text("".join(json.dumps(x) + "\n" for x in seg_lines), out_dir / "segments.jsonl")
     if errors:
         _write_errors(errors, out_dir)
     info = {
@@ -402,6 +638,9 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         "resumed_utts": resumed,
         "n_errors": len(errors),
         "max_frames": max_frames,
+        "longform_max_s": seg_opts.max_s,
+        "n_segmented": len(parents),
+        "n_segments": sum(len(b) for _, b in parents.values()),
         "n_batches": len(sampler),
         "decode_s": round(elapsed, 2),
         "audio_s": round(audio_s, 2),
@@ -412,7 +651,7 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(json.dumps(info, indent=2) + "\n", out_dir / "meta.json")
     _remove_partial(out_dir)
     reused = f" + {resumed} resumed" if resumed else ""
-    print(f"decoded {len(ids) - resumed} utterances{reused} ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
+    print(f"decoded {len(rows) - resumed} utterances{reused} ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
     return info
 
 
