@@ -414,7 +414,8 @@ def beam_search(
     ``K`` are finished (as fairseq's search), the best ``K`` that do not end in eos stay alive. An utterance
     stops when its best finished hypothesis outranks what any live one could still reach (live scores only
     fall; the bound divides by the maximum length), when end detection fires (:func:`end_detected`,
-    ``opts.end_detect_m``/``end_detect_d``), or at its maximum length (then its live hypotheses are
+    ``opts.end_detect_m``/``end_detect_d``, or every live hypothesis is ``-end_detect_d`` below the best
+    ended one), or at its maximum length (then its live hypotheses are
     finished as they are). Stopping at ``K`` finished hypotheses instead lets improbable early-eos
     hypotheses end the search before the right one finishes. The result is the finished hypothesis with the
     best ``norm_score``.
@@ -498,7 +499,9 @@ def beam_search(
                 continue
             if finished[bi] and max(h[2] for h in finished[bi]) >= bound[bi]:
                 done[bi] = True
-            elif end_detected(ended[bi], t, opts.end_detect_m, opts.end_detect_d):
+            elif end_detected(ended[bi], t, opts.end_detect_m, opts.end_detect_d) or (
+                opts.end_detect_m > 0 and ended[bi] and float(scores[bi].max()) < max(sc for _, sc in ended[bi]) + opts.end_detect_d
+            ):
                 done[bi] = True
             elif bool(last[bi]):
                 # Out of length: the live hypotheses end here (no eos emitted).
