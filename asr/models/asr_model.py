@@ -135,6 +135,27 @@ def reject_target_keys(cfg: Any, path: str = "model", where: str = "config") -> 
             reject_target_keys(v, f"{path}[{i}]", where)
 
 
+def xavier_init_(module: nn.Module) -> None:
+    """ESPnet's ``init: xavier_uniform``: every weight matrix and convolution kernel (``dim > 1``) drawn from
+    Glorot & Bengio (2010)'s uniform distribution, biases set to 0, embeddings ``N(0, 1)`` then scaled like
+    the Transformer decoder's own init (``d^-0.5``), LayerNorm left at (1, 0). In place.
+
+    Why: PyTorch's default Linear init (Kaiming uniform with ``a = sqrt(5)``) gives weights ~1.7x smaller;
+    ESPnet's AN4 Transformer (7.6 % test WER) trains from Xavier.
+    """
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=m.embedding_dim**-0.5)
+        elif isinstance(m, nn.LayerNorm):
+            continue
+        else:
+            for pname, p in m.named_parameters(recurse=False):
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+                elif pname.startswith("bias"):
+                    nn.init.zeros_(p)
+
+
 def build_model(
     cfg: Mapping[str, Any],
     vocab_size: int,
@@ -175,6 +196,12 @@ def build_model(
             att_cfg.pop("type"), query_dim=dec_cfg.get("hidden_size", 256), key_dim=encoder.output_dim, **att_cfg
         )
     decoder = DECODERS[dec_type](vocab_size=vocab_size, enc_dim=encoder.output_dim, **dec_cfg)
+    init = str(cfg.get("init", "default"))
+    if init not in ("default", "xavier_uniform"):
+        raise ValueError(f"unknown model.init {init!r}; choose default or xavier_uniform")
+    if init == "xavier_uniform":
+        xavier_init_(encoder)
+        xavier_init_(decoder)
     return AttentionASRModel(
         cmvn if cmvn is not None else GlobalCMVN.identity(feat_dim),
         encoder,
