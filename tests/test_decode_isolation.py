@@ -355,22 +355,16 @@ def test_score_reports_unreadable_missing_and_extra(tmp_path, caplog):
     assert cov["missing_ids"] == ["u9"] and cov["extra_ids"] == ["zz"]
 
 
-def test_score_cli_summary_warns(tmp_path, capsys):
-    import sys
-
-    from asr.cli.score import main
+def test_score_summary_line_warns(tmp_path):
+    from asr.cli.score import _score, summary_line
 
     d = tmp_path / "dec"
     d.mkdir()
     (d / "results.jsonl").write_text("".join(json.dumps({"utt_id": f"u{i}", "ref": "A", "hyp": "A"}) + "\n" for i in range(30)))
     (d / "errors.tsv").write_text("file\treason\n/x/1.wav\tnot audio\n")
-    old = sys.argv
-    sys.argv = ["asr-score", f"decode_dir={d}"]
-    try:
-        main()
-    finally:
-        sys.argv = old
-    assert "WARNING: 1 unreadable (errors.tsv) of 31 expected utterances" in capsys.readouterr().out
+    result, cov = _score(d, None, 0.05)
+    assert summary_line(result, d, cov).endswith("WARNING: 1 unreadable (errors.tsv) of 31 expected utterances")
+    assert "WARNING" not in summary_line(result, d)
 
 
 # -------------------------------------------------------------------------------------------- beam search
