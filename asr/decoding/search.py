@@ -24,11 +24,10 @@ first member gives the length limits (its encoder frames) and the attention weig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import math
 
 import torch
 from torch import Tensor
