@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 SAMPLE_RATE = 16000
+FIG_DPI = 90  # utterance figures: 900 px wide
 
 
 @dataclass
@@ -181,10 +182,14 @@ def utterance_figure(
     matplotlib.figure.Figure
     """
     U = weights.shape[0]
-    heights = ([1.6] if fbank is not None else []) + [max(1.6, 0.13 * U)]
-    heights += [0.5] if ctc is not None else []
-    heights += [max(1.6, 0.13 * forced[0].shape[0])] if forced is not None else []
-    fig = Figure(figsize=(10.0, sum(heights) + 0.8), layout="constrained")
+    heights = ([1.4] if fbank is not None else []) + [max(1.4, 0.12 * U)]
+    heights += [0.4] if ctc is not None else []
+    heights += [max(1.4, 0.12 * forced[0].shape[0])] if forced is not None else []
+    gaps = 0.3 * len(heights)
+    total = sum(heights) + gaps + 0.5
+    # Fixed margins instead of a layout engine: constrained layout costs more than the drawing itself.
+    fig = Figure(figsize=(10.0, total))
+    fig.subplots_adjust(left=0.09, right=0.99, top=1.0 - 0.25 / total, bottom=0.45 / total, hspace=gaps / sum(heights))
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
     k = 0
     end = weights.shape[1] * seconds_per_frame
@@ -192,32 +197,35 @@ def utterance_figure(
         ax = axes[k]
         ax.imshow(np.asarray(fbank).T, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                   extent=(0.0, fbank.shape[0] * frame_shift_s, 0, fbank.shape[1]))
-        ax.set_ylabel("mel bin")
-        ax.set_title("log-mel fbank", fontsize=9, loc="left")
+        ax.set_ylabel("mel bin", fontsize=8)
+        ax.set_title("log-mel fbank", fontsize=8, loc="left")
         end = max(end, fbank.shape[0] * frame_shift_s)
         k += 1
     ax = axes[k]
     _draw(ax, weights, tokens, seconds_per_frame)
     peaks = peak_frames(weights)
     ax.plot((peaks + 0.5) * seconds_per_frame, np.arange(U), "o", color="white", markersize=2.5, markeredgewidth=0)
-    ax.set_title("decoded attention (dots: peak of each token)", fontsize=9, loc="left")
+    ax.set_title("decoded attention (dots: peak of each token)", fontsize=8, loc="left")
+    ax.set_ylabel("")
     k += 1
     if ctc is not None:
         ax = axes[k]
         pieces, frames = ctc
-        for p, f in zip(pieces, frames):
-            t = (f + 0.5) * seconds_per_frame
-            ax.axvline(t, color="tab:red", linewidth=0.8)
-            ax.text(t, 0.5, p, fontsize=7, ha="center", va="center", backgroundcolor="white")
+        times = (np.asarray(frames, float) + 0.5) * seconds_per_frame
+        ax.vlines(times, 0.0, 0.35, color="tab:red", linewidth=0.8)
+        for p, t in zip(pieces, times):
+            ax.text(t, 0.65, p, fontsize=7, ha="center", va="center")
+        ax.set_ylim(0.0, 1.0)
         ax.set_yticks([])
-        ax.set_ylabel("CTC", rotation=0, ha="right", va="center")
+        ax.set_ylabel("CTC", rotation=0, ha="right", va="center", fontsize=8)
         k += 1
     if forced is not None:
         ax = axes[k]
         _draw(ax, forced[0], forced[1], seconds_per_frame)
-        ax.set_title("attention forced along the reference", fontsize=9, loc="left")
+        ax.set_title("attention forced along the reference", fontsize=8, loc="left")
+        ax.set_ylabel("")
         k += 1
-    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlabel("time (s)", fontsize=8)
     axes[-1].set_xlim(0.0, end)
     return fig
 
@@ -225,7 +233,9 @@ def utterance_figure(
 def _render_png(job: tuple) -> None:
     """Worker: one utterance's figure (and heads grid) as PNG(s); ``job`` = (path, kwargs, heads job or None)."""
     path, kwargs, heads = job
-    _save_png(utterance_figure(**kwargs), path)
+    fig = utterance_figure(**kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=FIG_DPI)
     if heads is not None:
         from asr.viz.alignment import plot_head_grid
 
