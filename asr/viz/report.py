@@ -235,7 +235,7 @@ def _render_png(job: tuple) -> None:
     path, kwargs, heads = job
     fig = utterance_figure(**kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIG_DPI)
+    fig.savefig(path, dpi=FIG_DPI, pil_kwargs={"compress_level": 1})  # zlib level 1: 3x faster, 1.3x larger
     if heads is not None:
         from asr.viz.alignment import plot_head_grid
 
@@ -427,7 +427,9 @@ def build_report(
         log.warning("checkpoint %r not found: no per-token log-probabilities, CTC path or forced attention (pass ckpt=)", meta.get("checkpoint"))
     feat_dim = 80
     fbanks, utt_info = _load_feats(rows, data_dir, feats, meta, feat_dim)
+    t_feats = time.perf_counter()
     outs = model_pass(ck, fbanks, rows, teacher_forced) if ck is not None and fbanks else {}
+    t_model = time.perf_counter()
 
     stats = {s["utt_id"]: s for s in per_utterance([r["ref"] for r in rows], [r["hyp"] for r in rows], [r["utt_id"] for r in rows])}
     corpus = score([r["ref"] for r in rows], [r["hyp"] for r in rows]).as_dict()
@@ -497,6 +499,7 @@ def build_report(
         heads = (mo.heads, pieces, out / "utts" / f"{stem}_heads.png", shift, int(meta["subsampling"]), u) if mo.heads is not None else None
         jobs_list.append((out / "utts" / f"{stem}.png", kwargs, heads))
 
+    t_pages = time.perf_counter()
     if jobs > 1 and len(jobs_list) > 8:
         with ProcessPoolExecutor(max_workers=jobs) as ex:
             list(ex.map(_render_png, jobs_list, chunksize=max(1, len(jobs_list) // (4 * jobs))))
@@ -504,6 +507,7 @@ def build_report(
         for j in jobs_list:
             _render_png(j)
 
+    t_figs = time.perf_counter()
     wrong = [u["errors"] > 0 for u in utts]
     aucs = {k: roc_auc([np.nan if u["diag"].get(k) is None else u["diag"][k] for u in utts], wrong) for k in DIAGNOSTICS}
     aucs = {k: (None if v is None else (v if DIAGNOSTICS[k][1] else 1.0 - v)) for k, v in aucs.items()}
@@ -529,6 +533,8 @@ def build_report(
         "utterances": [{k: v for k, v in u.items() if k not in ("tokens", "steps")} for u in utts],
     }
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
-    log.info("report of %d utterances in %.1f s -> %s", len(utts), time.perf_counter() - t0, out / "index.html")
+    log.info("report of %d utterances in %.1f s (read + features %.1f s, model pass %.1f s, diagnostics + audio %.1f s, "
+             "utterance figures %.1f s, summary + pages %.1f s) -> %s", len(utts), time.perf_counter() - t0, t_feats - t0,
+             t_model - t_feats, t_pages - t_model, t_figs - t_pages, time.perf_counter() - t_figs, out / "index.html")
     return out / "index.html"
 
