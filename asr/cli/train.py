@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -86,6 +87,24 @@ def fbank_options(cfg: DictConfig) -> FbankOptions:
     return FbankOptions(f.num_mel_bins, f.frame_length_ms, f.frame_shift_ms, f.sample_rate, f.dither)
 
 
+def batch_frame_budget(data_cfg: DictConfig, fb: FbankOptions) -> int:
+    """Padded frames per batch (``B x T_max``) from ``data.max_frames`` and ``data.max_duration`` (seconds).
+
+    The smaller non-zero of the two wins; 0 = no budget (``data.batch_size`` utterances per batch only).
+
+    Raises
+    ------
+    ValueError
+        A negative or non-finite budget.
+    """
+    frames = int(data_cfg.get("max_frames") or 0)
+    seconds = float(data_cfg.get("max_duration") or 0)
+    if frames < 0 or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"data.max_frames ({frames}) and data.max_duration ({seconds} s) must be >= 0")
+    from_duration = int(seconds / fb.frame_shift_s)
+    return min(b for b in (frames, from_duration) if b > 0) if (frames or from_duration) else 0
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train from a composed config; returns a summary (best checkpoint, best dev WER, epochs, wall time).
 
@@ -116,7 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev, report=exp_dir / f"skipped_{Path(d.dev).name}.tsv")
     log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
-    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, d.max_frames, d.num_workers, cfg.seed)
+    max_frames = batch_frame_budget(d, fb)
+    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, max_frames, d.num_workers, cfg.seed)
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None

@@ -185,9 +185,9 @@ def _resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     """Band-limited resampling; torchaudio's sinc filter for usual rate pairs, FFT for co-prime ones."""
     g = math.gcd(orig, new)
     if max(orig // g, new // g) <= _MAX_SINC_RATIO_TERM:
-        import torchaudio.functional as taf  # lazy: torchaudio import is slow and only needed here
+        from asr.features.torchaudio_ops import resample  # lazy: torchaudio's import is slow, needed only here
 
-        return taf.resample(wav, orig_freq=orig, new_freq=new)
+        return resample(wav, orig, new)
     n_out = max(1, math.ceil(wav.numel() * new / orig))
     spec = torch.fft.rfft(wav.double())
     # irfft with n=n_out truncates (downsampling: ideal low-pass) or zero-pads (upsampling) the spectrum.

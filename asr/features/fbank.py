@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchaudio
 from torch import Tensor, nn
+
+from asr.features.torchaudio_ops import kaldi_fbank, resample
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,7 @@ def compute_fbank(wav: Tensor, opts: FbankOptions = FbankOptions()) -> Tensor:
     if wav.numel() < window:
         raise ValueError(f"waveform has {wav.numel()} samples, shorter than one {opts.frame_length_ms} ms window")
     # Kaldi works on 16-bit integer sample values; scale so energies match Kaldi's.
-    return torchaudio.compliance.kaldi.fbank(
-        wav.float().unsqueeze(0) * 32768.0,
-        num_mel_bins=opts.num_mel_bins,
-        frame_length=opts.frame_length_ms,
-        frame_shift=opts.frame_shift_ms,
-        sample_frequency=opts.sample_rate,
-        dither=opts.dither,
-        energy_floor=0.0,
-    )
+    return kaldi_fbank(wav.float().unsqueeze(0) * 32768.0, opts.num_mel_bins, opts.frame_length_ms, opts.frame_shift_ms, opts.sample_rate, opts.dither)
 
 
 def speed_perturb(wav: Tensor, factor: float, sample_rate: int = 16000) -> Tensor:
@@ -106,7 +99,7 @@ def speed_perturb(wav: Tensor, factor: float, sample_rate: int = 16000) -> Tenso
         raise ValueError(f"speed factor must be positive, got {factor}")
     if factor == 1.0:
         return wav
-    return torchaudio.functional.resample(wav, orig_freq=int(round(sample_rate * factor)), new_freq=sample_rate)
+    return resample(wav, int(round(sample_rate * factor)), sample_rate)
 
 
 class GlobalCMVN(nn.Module):

@@ -10,8 +10,9 @@ its sparse image warp).
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import Tensor, nn
+
+from asr.features.torchaudio_ops import frequency_masking, time_masking
 
 
 class SpecAugment(nn.Module):
@@ -34,8 +35,8 @@ class SpecAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.time_warp = int(time_warp)
-        self.freq = nn.ModuleList(torchaudio.transforms.FrequencyMasking(freq_mask_width, iid_masks=True) for _ in range(num_freq_masks))
-        self.time = nn.ModuleList(torchaudio.transforms.TimeMasking(time_mask_width, iid_masks=True, p=max_time_ratio) for _ in range(num_time_masks))
+        self.freq = nn.ModuleList(frequency_masking(freq_mask_width) for _ in range(num_freq_masks))
+        self.time = nn.ModuleList(time_masking(time_mask_width, max_time_ratio) for _ in range(num_time_masks))
 
     def forward(self, xs: Tensor, xs_lens: Tensor | None = None) -> Tensor:
         """Masked (and, with ``time_warp > 0``, warped) copy of ``xs (B, T, F)`` in training mode; ``xs`` itself

@@ -223,6 +223,18 @@ class ASRLightningModule(L.LightningModule):
         self._plot_item = None
 
     # ---- optimisation -------------------------------------------------------------------------------
+    def warmup_steps(self, total: int) -> int:
+        """Warm-up length in optimiser steps: ``optim.warmup_epochs`` x steps per epoch when set (so the warm-up
+        covers the same share of training whatever the batch size: batches sized by ``data.max_duration`` give
+        far fewer steps per epoch), else ``optim.warmup_steps``; at most ``total - 1``."""
+        epochs = self.optim_cfg.get("warmup_epochs")
+        if epochs:
+            per_epoch = total / max(1, int(self.trainer.max_epochs or 1))
+            steps = int(round(float(epochs) * per_epoch))
+        else:
+            steps = int(self.optim_cfg.get("warmup_steps", 0))
+        return max(0, min(steps, total - 1))
+
     def configure_optimizers(self):
         """Adam with a learning-rate factor stepped every optimiser step; ``optim_cfg["schedule"]`` picks it.
 
@@ -243,7 +255,7 @@ class ASRLightningModule(L.LightningModule):
             raise ValueError(f"unknown optim.schedule {schedule!r}; choose cosine or noam")
         opt = torch.optim.Adam(self.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(int(cfg.get("warmup_steps", 0)), total - 1)
+        warmup = self.warmup_steps(total)
         floor = float(cfg.get("min_lr_ratio", 0.05))
 
         def factor(step: int) -> float:
@@ -253,7 +265,7 @@ class ASRLightningModule(L.LightningModule):
             p = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
-        noam_warmup = int(cfg.get("warmup_steps", 0))
+        noam_warmup = warmup if cfg.get("warmup_epochs") else int(cfg.get("warmup_steps", 0))
         if schedule == "noam" and noam_warmup < 1:
             raise ValueError(f"optim.schedule=noam needs warmup_steps >= 1, got {noam_warmup}")
 

@@ -1,0 +1,153 @@
+"""Training throughput and peak memory of the AN4 recipes' models, per batching / precision / compile setting.
+
+    python scripts/bench_train.py --recipe recipes/an4 --device cuda            # after recipe stages 1-3
+    python scripts/bench_train.py --recipe recipes/an4 --device cpu --steps 5 --threads 2
+
+For each model (the default pBLSTM experiment ``an4/location_aware_x4_noaug`` and ``an4/transformer_ctc``) and
+each setting, it runs real training steps (forward with the teacher-forced attention + CTC loss, backward,
+gradient clipping at 5, Adam) on the recipe's own ``train_nodev`` fbank dumps and tokenizer, batched by the
+training sampler (``LengthBucketBatchSampler``, batch order shuffled), and prints
+
+- seconds of audio per second (and hours of audio per device-hour), utterances per second, optimiser steps per
+  second, peak device memory (CUDA only), and each figure's ratio to the first row of that model (the baseline:
+  batches of 8, fp32, eager), all measured in this process, one setting after the other;
+
+The loop is the model's alone (no Lightning, no validation, no checkpoint writes, no SpecAugment): the
+Trainer's own per-epoch figures are in each experiment's ``train_summary.json`` (recipes/an4/README.md, "GPU").
+``--compile`` adds rows with ``torch.compile`` on the encoder (the attention decoders' step loops are left
+eager; compile time is reported, not included in the throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from asr.data.dataset import LengthBucketBatchSampler, load_split, make_collate
+from asr.features.fbank import FbankOptions, GlobalCMVN
+from asr.models.asr_model import build_model
+from asr.text.tokenizer import Tokenizer
+from asr.utils.paths import CONF_DIR
+
+EXPERIMENTS = {"pblstm": "an4/location_aware_x4_noaug", "transformer": "an4/transformer_ctc"}
+
+
+def model_config(experiment: str) -> dict:
+    """The ``model`` config of a training experiment, as ``asr-train experiment=...`` composes it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0) -> dict:
+    """Time ``steps`` training steps after ``warmup`` untimed ones; returns the row's figures."""
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, 80, cmvn).to(device).train()
+    compile_s = 0.0
+    if compile_:
+        model.encoder = torch.compile(model.encoder, dynamic=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lengths = [ds.num_frames(i) for i in range(len(ds))]
+    sampler = LengthBucketBatchSampler(lengths, batch_size, int(max_duration / 0.01) if max_duration else 0, shuffle=True, seed=seed, num_replicas=1, rank=0)
+    collate = make_collate(tok.pad_id)
+    batches = []
+    epoch = 0
+    while len(batches) < steps + warmup:
+        sampler.set_epoch(epoch)
+        batches += [collate([ds[i] for i in b]) for b in sampler]
+        epoch += 1
+    batches = batches[: steps + warmup]
+    amp = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    audio_s = utts = 0.0
+    t0 = None
+    for i, b in enumerate(batches):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        b = b.to(device)
+        t_step = time.perf_counter()
+        with amp:
+            out = model(b.feats, b.feat_lens, b.tokens, b.token_lens)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        if i < warmup and compile_:
+            sync()
+            compile_s += time.perf_counter() - t_step
+        if i >= warmup:
+            audio_s += float(b.feat_lens.sum()) * 0.01
+            utts += len(b.ids)
+    sync()
+    wall = time.perf_counter() - t0
+    row = {
+        "audio_s_per_s": audio_s / wall,
+        "audio_h_per_device_h": audio_s / wall,  # seconds per second == hours per hour
+        "utts_per_s": utts / wall,
+        "steps_per_s": steps / wall,
+        "mean_batch_utts": utts / steps,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan"),
+        "compile_warmup_s": compile_s,
+    }
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="recipes/an4", help="recipe folder after stages 1-3 (data/, dump/, data/token/)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", default="pblstm,transformer")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotune, compile)")
+    ap.add_argument("--max_duration", type=float, default=240.0, help="seconds of padded audio per dynamic batch")
+    ap.add_argument("--compile", action="store_true", help="also rows with torch.compile on the encoder")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = False
+    recipe = Path(args.recipe)
+    tok_model = sorted((recipe / "data/token").glob("*.model"))[0]
+    tok = Tokenizer.from_file(tok_model)
+    cmvn = GlobalCMVN.from_file(recipe / "dump/train_nodev/cmvn.pt") if (recipe / "dump/train_nodev/cmvn.pt").is_file() else None
+    ds = load_split(recipe / "data/train_nodev", recipe / "dump/train_nodev", tok, FbankOptions())
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"device: {gpu}; torch {torch.__version__}; {len(ds)} utterances of train_nodev; {args.steps} timed steps per row")
+    settings = [("b8 fp32", 8, 0.0, False, False), (f"{args.max_duration:g}s fp32", 1000, args.max_duration, False, False)]
+    if args.device.startswith("cuda"):
+        settings += [("b8 bf16", 8, 0.0, True, False), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False)]
+    if args.compile:
+        settings += [(f"{args.max_duration:g}s {'bf16' if args.device.startswith('cuda') else 'fp32'} compile", 1000, args.max_duration, args.device.startswith("cuda"), True)]
+    rows = []
+    for name in args.models.split(","):
+        cfg = model_config(EXPERIMENTS[name])
+        base = None
+        print(f"\n{name} ({EXPERIMENTS[name]})")
+        print(f"{'setting':<22}{'audio s/s':>10}{'h/dev-h':>9}{'utt/s':>8}{'steps/s':>9}{'B mean':>8}{'peak GiB':>10}{'x audio/s':>10}{'compile s':>10}")
+        for label, bs, md, bf16, comp in settings:
+            try:
+                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup)
+            except Exception as e:  # one failing setting (e.g. compile) must not lose the others
+                print(f"{label:<22}failed: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            base = base or r
+            print(f"{label:<22}{r['audio_s_per_s']:>10.0f}{r['audio_h_per_device_h']:>9.0f}{r['utts_per_s']:>8.1f}{r['steps_per_s']:>9.2f}{r['mean_batch_utts']:>8.1f}{r['peak_mem_gib']:>10.2f}{r['audio_s_per_s'] / base['audio_s_per_s']:>10.2f}{r['compile_warmup_s']:>10.1f}")
+            rows.append({"model": name, "setting": label, "device": gpu, **r})
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
