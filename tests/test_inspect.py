@@ -88,8 +88,10 @@ def test_report_files(report, decoded):
     assert set(payload["auc_wrong_vs_correct"]) >= {"entropy", "coverage_gap", "backward_jumps"}
 
 
-def _browser():
-    """Playwright's sync API and Chromium's path, or pytest.skip naming what is missing."""
+@pytest.fixture(scope="module")
+def browser_kit():
+    """Playwright's sync API and Chromium's path, or pytest.skip naming what is missing (requested before the
+    report fixtures, so a machine without a browser skips without training the model)."""
     exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
         pytest.skip("no Chromium found (apt-get install chromium, or set $CHROMIUM): browser test not run")
@@ -100,8 +102,8 @@ def _browser():
     return sync_playwright, exe
 
 
-def test_report_in_headless_chromium(report, decoded, tmp_path):
-    sync_playwright, exe = _browser()
+def test_report_in_headless_chromium(browser_kit, report, decoded, tmp_path):
+    sync_playwright, exe = browser_kit
     decode_dir, _ = decoded
     n_utts = len((decode_dir / "results.jsonl").read_text().splitlines())
     problems: list[str] = []
