@@ -256,9 +256,11 @@ def test_fresh_decode_removes_stale_outputs(tmp_path, tiny_ckpt):
     _decode(tiny_ckpt, out, audio=[str(GOOD_WAV), str(tmp_path / "gone.wav")])
     (out / "scoring").mkdir()
     (out / "scoring" / "wer.json").write_text("{}")
+    (out / "report").mkdir()  # an asr-inspect report of the earlier results
+    (out / "report" / "index.html").write_text("<html></html>")
     assert (out / "errors.tsv").exists()
     _decode(tiny_ckpt, out, audio=[str(GOOD_WAV)])
-    assert not (out / "errors.tsv").exists() and not (out / "scoring").exists()
+    assert not (out / "errors.tsv").exists() and not (out / "scoring").exists() and not (out / "report").exists()
     assert (out / "results.jsonl").exists()
 
 

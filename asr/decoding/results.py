@@ -63,9 +63,10 @@ SEGMENTS = "segments.jsonl"
 INPUT_KEY = "_input"
 LOCK_FILE = ".decode.lock"
 #: Final outputs a decode owns in its folder (removed when a new decode starts, so that no file of an
-#: earlier run is left next to the new results): files, then folders (``asr-score``/``asr-plot`` outputs).
+#: earlier run is left next to the new results): files, then folders (``asr-score``/``asr-plot``/``asr-inspect``
+#: outputs).
 OWNED_FILES = (RESULTS, ATTENTION, "hyp.trn", "ref.trn", ERRORS, META, SEGMENTS)
-OWNED_DIRS = ("scoring", "plots")
+OWNED_DIRS = ("scoring", "plots", "report")
 
 #: Search options of decode folders written before ``meta.json`` recorded them: the values those decodes used
 #: (``conf/decode.yaml`` of the time; no joint CTC decoding existed before ``ctc_weight`` was recorded, no end
