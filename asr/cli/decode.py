@@ -8,7 +8,10 @@
 Everything needed (model config, weights, CMVN, tokenizer) comes from the checkpoint. Writes to
 ``out_dir``: ``results.jsonl`` (per utterance: id, hyp, ref, score, tokens, frames), ``attention.npz``
 (``(U + 1, S)`` weights per utterance), ``hyp.trn`` / ``ref.trn`` (sclite), ``meta.json`` (settings,
-decode time, real-time factor) and ``errors.tsv`` for audio files that could not be read.
+decode time, real-time factor), ``errors.tsv`` for inputs that could not be read or decoded and, for
+recordings longer than ``longform_max_s`` (split at pauses, :mod:`asr.decoding.longform`), ``segments.jsonl``.
+The folder's format has one owner, :mod:`asr.decoding.results`: the decode holds its lock
+(:class:`~asr.decoding.results.OutDirLock`) and first removes an earlier decode's final outputs.
 
 Decoding is resumable. While it runs, every finished batch is stored at once: first its attention
 matrices as ``out_dir/.partial/attention_<n>.npz`` (written atomically), then its rows appended to
@@ -329,6 +332,12 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     partial files are removed. ``meta.json`` counts the reused utterances in ``resumed_utts``; its
     ``n_batches``, ``decode_s``, ``audio_s`` and ``rtf`` describe this run's decoding only.
 
+    Robustness (issue 12): the search options and ``max_frames`` are checked before the checkpoint is read;
+    inputs too short for the encoder's subsampling and bad dumped features become ``errors.tsv`` rows; a
+    model error on one utterance fails only that one (the batch is decoded again utterance by utterance);
+    a partial row is reused only when its input file's size and mtime are unchanged
+    (:func:`~asr.decoding.results.input_signature`).
+
     With ``ensemble`` (module docstring) every batch is decoded by all members together; ``meta.json`` then
     lists them all under ``ensemble`` (``ckpt`` first), and its other model fields (``attention``,
     ``encoder``, ``subsampling``, ...), ``enc_frames`` and the attention weights are those of ``ckpt``.
@@ -342,6 +351,8 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         CTC branch (the message names the checkpoint and the difference; raised before anything is decoded).
     asr.data.datadir.DataDirError
         The data dir lacks a required file or has more than ``max_bad_fraction`` bad entries.
+    RuntimeError
+        Another ``asr-decode`` holds ``out_dir``'s lock.
     """
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if cfg.get("threads"):
