@@ -7,13 +7,28 @@
 Times greedy, attention beam search, joint CTC/attention beam search and CTC greedy over the same
 utterances (length-sorted batches of ``--batch``), ``--repeats`` interleaved rounds, and prints the median
 seconds per round, the real-time factor (decode time / audio time, 10 ms frames) and the ratio to greedy.
+
+Long-form mode (``--longform``): builds recordings of the given lengths by concatenating the AN4 test audio of
+``--wav_scp`` (in order, repeated), decodes each with ``asr-decode`` in a child process (its defaults: long-form
+segmentation at ``longform_max_s``) at ``--beam`` + CTC ``--ctc_weight``, and reports the child's peak RSS
+(``os.wait4``), wall time and RTF; then decodes the AN4 test data dir (``--data_dir``/``--dump_dir``) greedily and
+at the same beam and reports time and WER of both::
+
+    python scripts/bench_decode.py --longform 60,600,1800 --ckpt exp/an4_pblstm_location_aware/checkpoints/avg5.ckpt \
+        --wav_scp recipes/an4/data/test/wav.scp --data_dir recipes/an4/data/test --dump_dir recipes/an4/dump/test \
+        --beam 10 --ctc_weight 0.3 --threads 2 --work /tmp/bench_longform
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,10 +36,72 @@ from asr.decoding.search import DecodingOptions, decode_batch
 from asr.models.checkpoint import load_checkpoint
 
 
+def _concat_recording(wav_scp: Path, seconds: float, out: Path) -> float:
+    """Write ``out`` (16 kHz PCM16): the files of ``wav_scp`` in order, repeated, cut to ``seconds``; returns its
+    duration (s)."""
+    import numpy as np
+    import soundfile as sf
+
+    from asr.features.audio import load_audio
+
+    paths = [line.split(maxsplit=1)[1].strip() for line in wav_scp.read_text().splitlines() if line.strip()]
+    need, parts, n, i = int(seconds * 16000), [], 0, 0
+    while n < need:
+        x = load_audio(paths[i % len(paths)]).numpy()
+        parts.append(x)
+        n += x.size
+        i += 1
+    sf.write(str(out), np.concatenate(parts)[:need], 16000, subtype="PCM_16")
+    return need / 16000
+
+
+def _run_decode(overrides: list[str], threads: int) -> tuple[dict, float, float]:
+    """``asr-decode`` in a child process; returns its meta.json, wall seconds and peak RSS (GB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "asr.cli.decode", *overrides, f"threads={threads}"], env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"asr-decode {' '.join(overrides)} failed (exit {os.waitstatus_to_exitcode(status)})")
+    out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("out_dir="))
+    return json.loads(Path(out_dir, "meta.json").read_text()), wall, usage.ru_maxrss / 1024**2
+
+
+def longform(a: argparse.Namespace) -> None:
+    """The long-form and AN4-test measurements of the module docstring."""
+    from asr.cli.score import score_decode_dir
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    search = [f"beam_size={a.beam}", f"ctc_weight={a.ctc_weight}"]
+    print(f"{'recording':<12} {'segments':>8} {'peak RSS GB':>11} {'wall s':>8} {'decode s':>9} {'RTF':>7}")
+    for sec in [float(x) for x in a.longform.split(",") if x]:
+        wav = work / f"an4test_{int(sec)}s.wav"
+        dur = _concat_recording(Path(a.wav_scp), sec, wav)
+        meta, wall, rss = _run_decode([f"ckpt={a.ckpt}", f"audio=[{wav}]", f"out_dir={work / f'dec_{int(sec)}s'}", "resume=false", *search], a.threads)
+        print(f"{dur:>10.0f} s {meta['n_segments']:>8} {rss:>11.2f} {wall:>8.1f} {meta['decode_s']:>9.1f} {meta['rtf']:>7.4f}", flush=True)
+    if a.data_dir:
+        print(f"\nAN4 test ({a.data_dir}): {'search':<22} {'decode s':>9} {'RTF':>7} {'WER %':>7} {'peak RSS GB':>11}")
+        base = None
+        for name, opts in (("greedy", ["beam_size=1", "ctc_weight=0"]), (f"beam{a.beam} ctc{a.ctc_weight:g}", search)):
+            d = work / f"an4test_{name.replace(' ', '_')}"
+            dump = [f"dump_dir={a.dump_dir}"] if a.dump_dir else []
+            meta, _, rss = _run_decode([f"ckpt={a.ckpt}", f"data_dir={a.data_dir}", *dump, f"out_dir={d}", "resume=false", *opts], a.threads)
+            wer = 100 * score_decode_dir(d).wer
+            base = base or meta["decode_s"]
+            print(f"{'':<28}{name:<22} {meta['decode_s']:>9.1f} {meta['rtf']:>7.4f} {wer:>7.2f} {rss:>11.2f}  ({meta['decode_s'] / base:.2f} x greedy)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--feats", required=True, help="feats.pt of a dump dir (utterance id -> (T, 80) fbank)")
+    ap.add_argument("--feats", help="feats.pt of a dump dir (utterance id -> (T, 80) fbank); the search comparison")
+    ap.add_argument("--longform", default="", help="comma-separated recording lengths in seconds (long-form mode)")
+    ap.add_argument("--wav_scp", default="recipes/an4/data/test/wav.scp")
+    ap.add_argument("--data_dir", default="", help="AN4 test data dir for the greedy vs beam time/WER (long-form mode)")
+    ap.add_argument("--dump_dir", default="")
+    ap.add_argument("--work", default="bench_longform")
     ap.add_argument("--utts", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--beam", type=int, default=10)
@@ -32,6 +109,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    if a.longform:
+        longform(a)
+        return
+    if not a.feats:
+        ap.error("--feats is needed unless --longform is given")
     torch.set_num_threads(a.threads)
     model, _, _ = load_checkpoint(a.ckpt)
     feats = torch.load(a.feats, weights_only=True)
@@ -41,7 +123,7 @@ def main() -> None:
         chunk = items[i : i + a.batch]
         batches.append((torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True), torch.tensor([x.shape[0] for x in chunk])))
     audio_s = sum(x.shape[0] for x in items) * 0.01
-    searches = {"greedy": DecodingOptions(beam_size=1, length_penalty=0.5), f"beam{a.beam}": DecodingOptions(beam_size=a.beam, length_penalty=0.5)}
+    searches = {"greedy": DecodingOptions(beam_size=1, length_penalty=0.5, ctc_weight=0.0), f"beam{a.beam}": DecodingOptions(beam_size=a.beam, length_penalty=0.5, ctc_weight=0.0)}
     if model.ctc is not None:
         searches[f"beam{a.beam} joint ctc{a.ctc_weight:g}"] = DecodingOptions(beam_size=a.beam, length_penalty=0.5, ctc_weight=a.ctc_weight)
         searches["ctc greedy"] = DecodingOptions(beam_size=1, ctc_weight=1.0)

@@ -100,6 +100,8 @@ def test_decode_meta_is_built_from_the_options_and_plot_reads_it(ckpt, mini_an4,
     meta = json.loads((out / "meta.json").read_text())
     assert {"beam_size": 2, "min_len": 3, "ctc_weight": 0.3, "length_penalty": 0.5, "max_len_ratio": 1.5}.items() <= meta.items()
     assert meta["dump_dir"] == str(mini_an4 / "dump/test") and read_meta(out) == meta
+    assert meta["end_detect_m"] == 3 and meta["end_detect_d"] == -10.0  # issue 12's options, from the dataclass
+    assert meta["longform_max_s"] == 0.0 and meta["n_segmented"] == 0
     assert len(read_results(out)) == 2
 
 

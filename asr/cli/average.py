@@ -68,7 +68,8 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict[st
     Raises
     ------
     ValueError
-        Fewer than one input, an unreadable/unsafe/non-asr checkpoint, or mismatched models.
+        Fewer than one input, an unreadable/unsafe/non-asr checkpoint, or mismatched models: a different model
+        config, tokenizer (``tokenizer_proto``), ``feat_dim`` or ``frame_shift_s`` than the first input.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -78,6 +79,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict[st
     for p, c in zip(paths[1:], ckpts[1:]):
         if c[ASR_KEY].get("model_cfg") != cfg0:
             raise ValueError(f"{p} has a different model config than {paths[0]}: cannot average")
+        for key, what in (("tokenizer_proto", "tokenizer"), ("feat_dim", "feature dimension"), ("frame_shift_s", "frame shift")):
+            if c["asr"].get(key) != ckpts[0]["asr"].get(key):
+                raise ValueError(f"{p} has a different {what} ({key}) than {paths[0]}: weights trained on other tokens or features cannot be averaged")
     avg = average_state_dicts([c["state_dict"] for c in ckpts])
     result = {"state_dict": avg, ASR_KEY: ckpts[0][ASR_KEY], "averaged_from": [str(p) for p in paths], "epoch": max(int(c.get("epoch", 0)) for c in ckpts)}
     atomic_torch_save(result, out)
@@ -90,7 +94,8 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict[st
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``asr-average``: ``exp_dir=... [n=0] [out=...]`` or ``ckpts=[...] out=...``.
 
-    ``n > 0`` keeps the ``n`` latest of the epoch checkpoints found (by epoch number).
+    ``n > 0`` keeps the ``n`` latest of the epoch checkpoints found (by epoch number). Exits with a message
+    (``SystemExit``) for an ``n`` that is not an integer >= 0 or exceeds the checkpoints found.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = OmegaConf.merge(OmegaConf.create({"exp_dir": None, "ckpts": [], "n": 0, "out": None}), OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv)))
@@ -102,8 +107,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"asr-average: no checkpoints/epoch*.ckpt in {cfg.exp_dir} (train with keep_checkpoints>0)")
     else:
         raise SystemExit("asr-average needs exp_dir=<experiment> or ckpts=[...]")
-    if cfg.n:
-        paths = paths[-int(cfg.n):]
+    n = cfg.n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise SystemExit(f"asr-average: n must be an integer >= 0 (0: all), got {n!r}")
+    if n > len(paths):
+        raise SystemExit(f"asr-average: n={n} but only {len(paths)} checkpoint(s) found")
+    if n:
+        paths = paths[-n:]
     out = cfg.out or str(Path(cfg.exp_dir or paths[0].parent.parent, "checkpoints", f"avg{len(paths)}.ckpt"))
     summary = average_checkpoints(paths, out)
     print(f"averaged {len(paths)} checkpoints (epochs {summary['epochs']}) -> {out}")

@@ -28,6 +28,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from asr.decoding.longform import expand_segments
 from asr.decoding.results import attention_ids, read_attention, read_meta, read_results
 from asr.metrics.wer import normalize_whitespace, per_utterance
 from asr.utils.paths import CONF_DIR
@@ -138,7 +139,8 @@ def plot_decode_dir(
     Returns
     -------
     list of Path
-        ``<out_dir>/<utt_id>.png`` per utterance, in selection order (see `select_utts`); an id that is
+        ``<out_dir>/<utt_id>.png`` per utterance (per segment, ``<utt_id>-seg0000.png``, ..., for a recording
+        decoded in segments, whose ``utt_ids`` are then the segment ids), in selection order (see `select_utts`); an id that is
         not a plain file name (``/``, ``..``, ...) is made one by `safe_file_stem`, so nothing is written
         outside ``out_dir``.
 
@@ -151,7 +153,7 @@ def plot_decode_dir(
     """
     d = Path(decode_dir)
     out = Path(out_dir) if out_dir is not None else d / "plots"
-    rows = read_results(d)
+    rows = expand_segments(read_results(d))  # a long-form recording is plotted per segment
     by_id = {r["utt_id"]: r for r in rows}
     meta = read_meta(d)
     selected = select_utts(rows, utt_ids, worst_n, first_n)

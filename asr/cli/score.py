@@ -27,11 +27,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from asr.decoding.results import read_results
+from asr.decoding.results import read_errors, read_results
 from asr.metrics.wer import ErrorCounts, ScoreResult, per_utterance, read_trn, score
 from asr.utils.paths import CONF_DIR
 
-__all__ = ["read_results", "load_ref_hyp", "score_decode_dir", "summary_line", "main"]
+__all__ = ["read_results", "load_ref_hyp", "read_coverage", "score_decode_dir", "summary_line", "main", "DEFAULT_MAX_MISSING_FRACTION"]
+
+#: Default limit on the fraction of expected utterances without a hypothesis (unreadable inputs listed in
+#: ``errors.tsv``, ids missing from ``hyp.trn``) above which scoring fails instead of reporting a WER over
+#: the few that were decoded.
+DEFAULT_MAX_MISSING_FRACTION = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +55,70 @@ def load_ref_hyp(decode_dir: str | Path) -> tuple[list[str], list[str], list[str
     ValueError
         If ``hyp.trn`` has ids absent from ``ref.trn``, or a file is malformed.
     """
+    ids, refs, hyps, _, extra = _load(decode_dir)
+    if extra:
+        raise ValueError(f"{Path(decode_dir) / 'hyp.trn'}: {len(extra)} utterance(s) not in ref.trn, e.g. {extra[:3]}")
+    return ids, refs, hyps
+
+
+def _load(decode_dir: str | Path) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """``(ids, refs, hyps, missing, extra)``: as :func:`load_ref_hyp`, plus the ids of ``ref.trn`` missing from
+    ``hyp.trn`` (scored as empty) and those of ``hyp.trn`` not in ``ref.trn`` (not scored); both empty with
+    ``results.jsonl``."""
     d = Path(decode_dir)
     if (d / "results.jsonl").is_file():
         rows = read_results(d)
-        return [r["utt_id"] for r in rows], [r["ref"] for r in rows], [r["hyp"] for r in rows]
+        return [r["utt_id"] for r in rows], [r["ref"] for r in rows], [r["hyp"] for r in rows], [], []
     if (d / "ref.trn").is_file() and (d / "hyp.trn").is_file():
         refs, hyps = read_trn(d / "ref.trn"), read_trn(d / "hyp.trn")
         extra = sorted(set(hyps) - set(refs))
-        if extra:
-            raise ValueError(f"{d / 'hyp.trn'}: {len(extra)} utterance(s) not in ref.trn, e.g. {extra[:3]}")
         missing = [u for u in refs if u not in hyps]
         if missing:
             log.warning("%s: %d utterance(s) missing from hyp.trn, scored as empty", d, len(missing))
         ids = list(refs)
-        return ids, [refs[u] for u in ids], [hyps.get(u, "") for u in ids]
+        return ids, [refs[u] for u in ids], [hyps.get(u, "") for u in ids], missing, extra
     raise FileNotFoundError(f"{d}: neither results.jsonl nor ref.trn + hyp.trn found")
+
+
+def read_coverage(decode_dir: str | Path, n_scored: int, missing: list[str], extra: list[str]) -> dict[str, Any]:
+    """How many of the utterances a decode was asked for were scored.
+
+    Parameters
+    ----------
+    decode_dir : the decode folder; its ``errors.tsv`` (``file<TAB>reason`` rows written by ``asr-decode``
+        for inputs that could not be read or decoded) counts as unreadable.
+    n_scored : utterances scored (including ``missing`` ones, scored as empty).
+    missing, extra : ids of ``ref.trn`` without hypothesis, ids of ``hyp.trn`` without reference.
+
+    Returns
+    -------
+    dict
+        ``n_expected`` (scored + unreadable), ``n_missing_hyp``, ``n_unreadable``, ``n_extra`` (ignored),
+        ``missing_fraction`` (``(n_missing_hyp + n_unreadable) / n_expected``) and ``missing_ids``/``extra_ids``
+        (first 20 each).
+    """
+    n_unreadable = len(read_errors(decode_dir))
+    n_expected = n_scored + n_unreadable
+    return {
+        "n_expected": n_expected,
+        "n_missing_hyp": len(missing),
+        "n_unreadable": n_unreadable,
+        "n_extra": len(extra),
+        "missing_fraction": (len(missing) + n_unreadable) / n_expected if n_expected else 0.0,
+        "missing_ids": missing[:20],
+        "extra_ids": extra[:20],
+    }
+
+
+def _coverage_note(cov: dict[str, Any]) -> str:
+    parts = []
+    if cov["n_unreadable"]:
+        parts.append(f"{cov['n_unreadable']} unreadable (errors.tsv)")
+    if cov["n_missing_hyp"]:
+        parts.append(f"{cov['n_missing_hyp']} missing from hyp.trn, scored as deletions")
+    if cov["n_extra"]:
+        parts.append(f"{cov['n_extra']} in hyp.trn only, ignored")
+    return f"WARNING: {', '.join(parts)} of {cov['n_expected']} expected utterances" if parts else ""
 
 
 def _pct(c: ErrorCounts) -> str:
@@ -74,15 +128,18 @@ def _pct(c: ErrorCounts) -> str:
         return "n/a"
 
 
-def summary_line(result: ScoreResult, decode_dir: str | Path = "") -> str:
-    """One-line summary, e.g. ``WER 12.34 % (sub 10, del 3, ins 2 / 1234 words)  CER ... [dir]``."""
+def summary_line(result: ScoreResult, decode_dir: str | Path = "", coverage: dict[str, Any] | None = None) -> str:
+    """One-line summary, e.g. ``WER 12.34 % (sub 10, del 3, ins 2 / 1234 words)  CER ... [dir]``, followed by
+    a warning about unreadable, missing or extra utterances when ``coverage`` (:func:`read_coverage`) has any."""
     w, c = result.words, result.chars
     line = (
         f"WER {_pct(w)} % (sub {w.sub}, del {w.dele}, ins {w.ins} / {w.n_ref} words)  "
         f"CER {_pct(c)} % (sub {c.sub}, del {c.dele}, ins {c.ins} / {c.n_ref} chars)  "
         f"SER {100.0 * result.ser:.2f} % ({result.n_sent_err} / {result.n_utts} utts)"
     )
-    return f"{line}  [{decode_dir}]" if decode_dir != "" else line
+    line = f"{line}  [{decode_dir}]" if decode_dir != "" else line
+    note = _coverage_note(coverage) if coverage else ""
+    return f"{line}  {note}" if note else line
 
 
 def _result_table(result: ScoreResult, decode_dir: Path) -> str:
@@ -115,7 +172,7 @@ def _per_utt_listing(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None) -> ScoreResult:
+def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None, max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION) -> ScoreResult:
     """Score a decode directory and write ``wer.json``, ``result.txt`` and ``per_utt.txt``.
 
     Parameters
@@ -124,35 +181,60 @@ def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None) 
         Folder with ``results.jsonl`` (or ``ref.trn`` + ``hyp.trn``).
     out_dir : str or Path, optional
         Report folder (created); default ``<decode_dir>/scoring``.
+    max_missing_fraction : float
+        Most utterances (fraction of those expected) that may lack a hypothesis: unreadable (``errors.tsv``)
+        or missing from ``hyp.trn``. Ids only in ``hyp.trn`` are reported and ignored.
 
     Returns
     -------
     ScoreResult
-        Corpus-level counts (rates as fractions; ``wer.json`` holds them in percent).
+        Corpus-level counts (rates as fractions; ``wer.json`` holds them in percent, with the
+        :func:`read_coverage` counts under ``coverage``, also at the end of ``result.txt``).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        See `load_ref_hyp`.
+        See `load_ref_hyp`; ``max_missing_fraction`` not a number in [0, 1]; more than
+        ``max_missing_fraction`` of the expected utterances without hypothesis (nothing is written then).
     """
+    return _score(decode_dir, out_dir, max_missing_fraction)[0]
+
+
+def _score(decode_dir: str | Path, out_dir: str | Path | None, max_missing_fraction: float) -> tuple[ScoreResult, dict[str, Any]]:
+    """:func:`score_decode_dir`, also returning the coverage (:func:`read_coverage`)."""
+    if isinstance(max_missing_fraction, bool) or not isinstance(max_missing_fraction, (int, float)) or not 0.0 <= max_missing_fraction <= 1.0:
+        raise ValueError(f"max_missing_fraction must be a number in [0, 1], got {max_missing_fraction!r}")
     decode_dir = Path(decode_dir)
     out = Path(out_dir) if out_dir is not None else decode_dir / "scoring"
-    ids, refs, hyps = load_ref_hyp(decode_dir)
+    ids, refs, hyps, missing, extra = _load(decode_dir)
+    cov = read_coverage(decode_dir, len(ids), missing, extra)
+    if cov["missing_fraction"] > max_missing_fraction:
+        raise ValueError(
+            f"{decode_dir}: {cov['n_unreadable'] + cov['n_missing_hyp']} of {cov['n_expected']} utterances have no hypothesis "
+            f"({cov['n_unreadable']} unreadable in errors.tsv, {cov['n_missing_hyp']} missing from hyp.trn): "
+            f"{100 * cov['missing_fraction']:.1f} % > max_missing_fraction {100 * max_missing_fraction:.1f} %; a WER over the rest would mislead"
+        )
+    if extra:
+        log.warning("%s: %d utterance(s) in hyp.trn but not in ref.trn, ignored, e.g. %s", decode_dir, len(extra), extra[:3])
     result = score(refs, hyps)
     rows = per_utterance(refs, hyps, ids)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {**result.as_dict(), "units": "wer/cer/ser in percent", "decode_dir": str(decode_dir)}
+    payload = {**result.as_dict(), "coverage": cov, "units": "wer/cer/ser in percent", "decode_dir": str(decode_dir)}
     (out / "wer.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    (out / "result.txt").write_text(_result_table(result, decode_dir), encoding="utf-8")
+    note = _coverage_note(cov)
+    (out / "result.txt").write_text(_result_table(result, decode_dir) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     (out / "per_utt.txt").write_text(_per_utt_listing(rows), encoding="utf-8")
-    return result
+    return result, cov
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="score")
 def main(cfg: DictConfig) -> None:
     """Console entry point ``asr-score`` (config ``conf/score.yaml``)."""
-    result = score_decode_dir(cfg.decode_dir, cfg.out_dir)
-    print(summary_line(result, cfg.decode_dir), flush=True)
+    try:
+        result, cov = _score(cfg.decode_dir, cfg.out_dir, cfg.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION))
+    except ValueError as exc:
+        raise SystemExit(f"asr-score: {exc}") from None
+    print(summary_line(result, cfg.decode_dir, cov), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,27 @@ A decode folder holds:
   that of the step which emitted eos (all zeros when the search stopped at the length limit);
 * ``hyp.trn`` / ``ref.trn``: sclite trn files of the same text;
 * ``errors.tsv``: ``file<TAB>reason`` of the inputs that could not be decoded (only when there were some);
+* ``segments.jsonl``: for recordings decoded in segments (:mod:`asr.decoding.longform`), one line per segment
+  (``utt_id`` of the recording, ``seg_id``, ``start``/``end`` seconds, ``hyp``, ``score``); their
+  ``results.jsonl`` row holds the stitched text and a ``segments`` list, and ``attention.npz`` holds one
+  matrix per segment id (:func:`~asr.decoding.longform.expand_segments` gives the matching rows);
 * ``meta.json``: the model's description, every field of the search's
   :class:`~asr.decoding.search.DecodingOptions` (:func:`build_meta` takes them from the dataclass), the data source
   (``data_dir``, ``dump_dir`` or ``audio``) and run statistics;
 * while a decode runs, its partial files: ``results.partial.jsonl`` (rows with their ``_shard``) and
   ``.partial/`` (``settings.json`` and ``attention_<n>.npz`` shards), removed when it ends
-  (:func:`save_batch`, :func:`load_partial`, :func:`remove_partial`).
+  (:func:`save_batch`, :func:`load_partial`, :func:`remove_partial`). Each partial row carries the signature
+  of its input file (:data:`INPUT_KEY`, :func:`input_signature`), so a file changed at the same path is decoded
+  again on resume;
+* ``.decode.lock``: held (``flock``) by the decode writing the folder (:class:`OutDirLock`); a new decode first
+  removes the final files of an earlier one (:data:`OWNED_FILES`, :data:`OWNED_DIRS`, :func:`remove_stale_outputs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -36,7 +46,8 @@ from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
 __all__ = [
     "RESULTS", "ATTENTION", "META", "ERRORS", "PARTIAL_RESULTS", "PARTIAL_DIR", "UNRECORDED_OPTIONS",
     "hypothesis_row", "attention_matrix", "build_meta", "write_meta", "read_meta", "read_results", "read_attention", "attention_ids",
-    "write_errors", "write_final", "save_batch", "load_partial", "remove_partial", "write_partial_settings",
+    "write_errors", "read_errors", "write_final", "save_batch", "load_partial", "remove_partial", "write_partial_settings",
+    "SEGMENTS", "INPUT_KEY", "LOCK_FILE", "OWNED_FILES", "OWNED_DIRS", "OutDirLock", "remove_stale_outputs", "input_signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,11 +58,21 @@ META = "meta.json"
 ERRORS = "errors.tsv"
 PARTIAL_RESULTS = "results.partial.jsonl"
 PARTIAL_DIR = ".partial"
+SEGMENTS = "segments.jsonl"
+#: Key of a partial row holding its input file's :func:`input_signature` (left out of ``results.jsonl``).
+INPUT_KEY = "_input"
+LOCK_FILE = ".decode.lock"
+#: Final outputs a decode owns in its folder (removed when a new decode starts, so that no file of an
+#: earlier run is left next to the new results): files, then folders (``asr-score``/``asr-plot``/``asr-inspect``
+#: outputs).
+OWNED_FILES = (RESULTS, ATTENTION, "hyp.trn", "ref.trn", ERRORS, META, SEGMENTS)
+OWNED_DIRS = ("scoring", "plots", "report")
 
 #: Search options of decode folders written before ``meta.json`` recorded them: the values those decodes used
-#: (``conf/decode.yaml`` of the time; no joint CTC decoding existed before ``ctc_weight`` was recorded). Since
+#: (``conf/decode.yaml`` of the time; no joint CTC decoding existed before ``ctc_weight`` was recorded, no end
+#: detection before ``end_detect_m``). Since
 #: :func:`build_meta`, every field of :class:`DecodingOptions` is recorded.
-UNRECORDED_OPTIONS = {"ctc_weight": 0.0, "length_penalty": 0.5, "max_len_ratio": 1.5, "min_len": 5}
+UNRECORDED_OPTIONS = {"ctc_weight": 0.0, "length_penalty": 0.5, "max_len_ratio": 1.5, "min_len": 5, "end_detect_m": 0, "end_detect_d": -10.0}
 
 
 # ---- rows and attention ---------------------------------------------------------------------------------------
@@ -187,17 +208,98 @@ def write_errors(errors: list[tuple[str, str]], out_dir: str | Path) -> None:
     atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / ERRORS)
 
 
-def write_final(out_dir: str | Path, rows: Mapping[str, dict], atts: Mapping[str, np.ndarray]) -> list[str]:
-    """Write ``results.jsonl`` (sorted by id), ``attention.npz`` (compressed), ``hyp.trn`` and ``ref.trn``;
-    returns the sorted ids."""
+def read_errors(decode_dir: str | Path) -> list[tuple[str, str]]:
+    """The ``(file, reason)`` rows of ``<decode_dir>/errors.tsv`` (header skipped); ``[]`` when there is none.
+    A line without a tab gives ``(line, "")``."""
+    path = Path(decode_dir) / ERRORS
+    if not path.is_file():
+        return []
+    lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    if lines and lines[0].startswith("file\t"):
+        lines = lines[1:]
+    return [tuple(x.split("\t", 1)) if "\t" in x else (x, "") for x in lines]
+
+
+def write_final(out_dir: str | Path, rows: Mapping[str, dict], atts: Mapping[str, np.ndarray], segment_lines: list[dict] | None = None) -> list[str]:
+    """Write ``results.jsonl`` (sorted by id; a row's :data:`INPUT_KEY` left out), ``attention.npz`` (compressed,
+    every matrix of ``atts``: per utterance, or per segment of a recording decoded in segments), ``hyp.trn``,
+    ``ref.trn`` and, when ``segment_lines`` is not empty, ``segments.jsonl``; returns the sorted ids."""
     out_dir = Path(out_dir)
     ids = sorted(rows)
-    atomic_write_text("".join(json.dumps(rows[u]) + "\n" for u in ids), out_dir / RESULTS)
+    clean = {u: {k: v for k, v in rows[u].items() if k != INPUT_KEY} for u in ids}
+    atomic_write_text("".join(json.dumps(clean[u]) + "\n" for u in ids), out_dir / RESULTS)
     with atomic_open(out_dir / ATTENTION, "wb") as f:
-        np.savez_compressed(f, **{u: atts[u] for u in ids})
-    write_trn(out_dir / "hyp.trn", {u: rows[u]["hyp"] for u in ids})
-    write_trn(out_dir / "ref.trn", {u: rows[u]["ref"] for u in ids})
+        np.savez_compressed(f, **{u: atts[u] for u in sorted(atts)})
+    write_trn(out_dir / "hyp.trn", {u: clean[u]["hyp"] for u in ids})
+    write_trn(out_dir / "ref.trn", {u: clean[u]["ref"] for u in ids})
+    if segment_lines:
+        atomic_write_text("".join(json.dumps(x) + "\n" for x in segment_lines), out_dir / SEGMENTS)
     return ids
+
+
+# ---- input signatures, lock, stale outputs -------------------------------------------------------------
+def input_signature(path: str | Path) -> str:
+    """``"<size>:<mtime_ns>"`` of a file (following symlinks), ``""`` when it cannot be stat'ed: part of the
+    resume key, so that a result is not reused for a changed file at the same path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+class OutDirLock:
+    """Exclusive advisory lock (``fcntl.flock``) on ``out_dir/.decode.lock`` for the duration of a decode.
+
+    Raises
+    ------
+    RuntimeError
+        On entering, when another process holds the lock (another decode writes into ``out_dir``); the
+        message names the directory and the pid stored in the lock file.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RuntimeError(f"out_dir {self.path.parent} is in use by another asr-decode (pid {holder}); wait for it or choose another out_dir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock; the file stays (removing it would race a waiting decode)
+            self.fd = None
+
+
+def remove_stale_outputs(out_dir: str | Path) -> list[str]:
+    """Remove the final outputs of an earlier decode of ``out_dir`` (:data:`OWNED_FILES`, :data:`OWNED_DIRS`);
+    the partial files used for resuming are left alone. Returns the names removed."""
+    out_dir = Path(out_dir)
+    removed = []
+    for name in OWNED_FILES:
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(name)
+    for name in OWNED_DIRS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+            removed.append(name + "/")
+    if removed:
+        log.info("removed earlier outputs from %s: %s", out_dir, ", ".join(removed))
+    return removed
 
 
 # ---- partial files (resuming) ----------------------------------------------------------------------------------
@@ -217,12 +319,13 @@ def write_partial_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> 
         atomic_write_text(json.dumps(dict(settings), indent=2) + "\n", out_dir / PARTIAL_DIR / "settings.json")
 
 
-def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
+def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int, str]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
     """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
 
-    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames)``; a stored row is kept only when
-    its id is wanted with the same ref and frame count, its JSON line is complete and its attention is in
-    its shard. Partial files written with other ``settings`` (or without settings) are removed with a
+    ``wanted`` maps each utterance id to decode to its ``(ref, n_frames, input signature)``; a stored row is
+    kept only when its id is wanted with the same ref, frame count and input file signature (size and
+    modification time, :func:`input_signature`, stored under :data:`INPUT_KEY`: a changed file at the same
+    path is decoded again), its JSON line is complete and its attention is in its shard. Partial files written with other ``settings`` (or without settings) are removed with a
     warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
     """
     out_dir = Path(out_dir)
@@ -261,7 +364,7 @@ def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str
         try:
             with np.load(part_dir / f"attention_{shard}.npz") as z:
                 for uid, row in shard_rows.items():
-                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames")):
+                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames"), row.get(INPUT_KEY)):
                         rows[uid], atts[uid] = row, z[uid]
         except (OSError, ValueError) as exc:
             log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)

@@ -24,6 +24,7 @@ first member gives the length limits (its encoder frames) and the attention weig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -33,6 +34,11 @@ from torch import Tensor
 
 from asr.decoding.ctc import CTCPrefixScorer, CTCPrefixState, ctc_greedy
 from asr.models.asr_model import AttentionASRModel
+
+
+#: Largest accepted beam: the search holds ``B x K x V`` candidate scores and (joint CTC) ``T x 2 x K x V``
+#: prefix-score tensors per step, so the beam must stay far from "allocate everything".
+MAX_BEAM_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,10 @@ class DecodingOptions:
     ctc_weight : float
         λ in [0, 1] of joint CTC/attention decoding; 0 = attention only. Needs a model trained with a CTC
         branch when > 0. 1 with ``beam_size`` 1 is CTC greedy (best path) decoding.
+    end_detect_m : int
+        Beam search end detection (:func:`end_detected`): the number of last steps looked at; 0 disables it.
+    end_detect_d : float
+        End detection's log-score margin (<= 0).
     """
 
     beam_size: int = 10
@@ -68,12 +78,40 @@ class DecodingOptions:
     min_len: int = 5
     length_penalty: float = 0.5
     ctc_weight: float = 0.3
+    end_detect_m: int = 3
+    end_detect_d: float = -10.0
 
     def __post_init__(self) -> None:
+        """Check every option's type and range; numbers given as ``int`` where a float is meant are converted.
+
+        Raises
+        ------
+        ValueError
+            ``beam_size`` not an integer in ``[1, MAX_BEAM_SIZE]``, ``min_len`` not an integer >= 0, a float
+            option NaN/infinite/not a number, ``max_len_ratio`` <= 0, ``length_penalty`` < 0, ``ctc_weight``
+            outside [0, 1]; ``end_detect_m`` not an integer >= 0, ``end_detect_d`` not a finite number <= 0.
+        """
+        for name, lo in (("beam_size", 1), ("min_len", 0), ("end_detect_m", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+            if v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+        if self.beam_size > MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {self.beam_size}")
+        for name in ("max_len_ratio", "length_penalty", "ctc_weight", "end_detect_d"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.max_len_ratio <= 0:
+            raise ValueError(f"max_len_ratio must be > 0, got {self.max_len_ratio}")
+        if self.length_penalty < 0:
+            raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.end_detect_d > 0:
+            raise ValueError(f"end_detect_d must be <= 0 (a log-probability difference), got {self.end_detect_d}")
 
 
 @dataclass(frozen=True)
@@ -311,6 +349,72 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
     return out
 
 
+def end_detected(ended: list[tuple[int, float]], step: int, m: int, d_end: float) -> bool:
+    """ESPnet's end detection (``espnet.nets.e2e_asr_common.end_detect``; Watanabe et al. 2017, Sec. V.B).
+
+    Parameters
+    ----------
+    ended : ``(step, score)`` of every hypothesis of one utterance that ended with eos so far (``step``: the
+        search step at which it ended, i.e. its length in tokens including eos minus 1).
+    step : the current step.
+    m : how many of the last steps are looked at (``M``); 0 never detects an end.
+    d_end : log-score margin (``D_end``, negative).
+
+    Returns
+    -------
+    bool
+        True when for each of the steps ``step - m + 1 .. step`` some hypothesis ended and the best of them
+        scores below ``best ended score + d_end``: hypotheses ending now are far worse than the best one, so
+        longer ones will not beat it (a heuristic: scores only fall as hypotheses grow).
+    """
+    if m <= 0 or not ended:
+        return False
+    best = max(sc for _, sc in ended)
+    for back in range(m):
+        at = [sc for st, sc in ended if st == step - back]
+        if not at or max(at) - best >= d_end:
+            return False
+    return True
+
+
+@torch.no_grad()
+def forced_attention(member: "_Member", rows: Tensor, hyps: list[list[int]], hs_lens: Tensor, with_eos: list[bool]) -> list[Tensor]:
+    """Attention weights of given hypotheses, recomputed by running the decoder teacher-forced.
+
+    The beam search keeps only tokens and scores of its hypotheses (attention weights of ``K`` hypotheses
+    over every step would take ``K x L x S`` memory, most of it for pruned ones); the weights of the chosen
+    hypothesis are recomputed here, one decoder pass over ``[sos] + tokens`` per utterance, batched.
+
+    Parameters
+    ----------
+    member : the first ensemble member's search state (its encoder memory).
+    rows : ``(B,)`` int64 rows of ``member.memory`` holding each utterance's encoder memory.
+    hyps : token ids of the hypothesis of each utterance (without sos/eos).
+    hs_lens : ``(B,)`` encoder frames per utterance.
+    with_eos : whether each hypothesis ended with eos (then its eos step gets a row too).
+
+    Returns
+    -------
+    list of ``(len(tokens) + 1, S_i)`` (or ``(len(tokens), S_i)`` without eos) float CPU tensors.
+    """
+    model = member.model
+    memory = member.memory.select(rows)
+    state = model.decoder.init_state(memory)
+    n_steps = max(len(h) + 1 for h in hyps)
+    dev = rows.device
+    inputs = torch.full((len(hyps), n_steps), model.eos_id, dtype=torch.long, device=dev)
+    inputs[:, 0] = model.sos_id
+    for i, h in enumerate(hyps):
+        if h:
+            inputs[i, 1 : len(h) + 1] = torch.tensor(h, dtype=torch.long, device=dev)
+    ws = []
+    for t in range(n_steps):
+        _, w, state = model.decoder.step(inputs[:, t], state, memory)
+        ws.append(w.float().cpu())
+    att = torch.stack(ws, 1)  # (B, steps, S)
+    return [att[i, : len(h) + int(e), : int(hs_lens[i])] for i, (h, e) in enumerate(zip(hyps, with_eos))]
+
+
 @torch.no_grad()
 def beam_search(
     model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None, nbest: int = 0
@@ -320,10 +424,16 @@ def beam_search(
     At each step the ``2K`` best extensions of each utterance are taken; those ending in eos among the best
     ``K`` are finished (as fairseq's search), the best ``K`` that do not end in eos stay alive. An utterance
     stops when its best finished hypothesis outranks what any live one could still reach (live scores only
-    fall; the bound divides by the maximum length), or at its maximum length (then its live hypotheses are
+    fall; the bound divides by the maximum length), when end detection fires (:func:`end_detected`,
+    ``opts.end_detect_m``/``end_detect_d``, or every live hypothesis is ``-end_detect_d`` below the best
+    ended one), or at its maximum length (then its live hypotheses are
     finished as they are). Stopping at ``K`` finished hypotheses instead lets improbable early-eos
     hypotheses end the search before the right one finishes. The result is the finished hypothesis with the
     best ``norm_score``.
+
+    Memory: the search keeps per hypothesis its tokens, score and decoder/CTC state only; attention weights
+    are not kept during the search but recomputed for the chosen hypothesis of each utterance at the end
+    (:func:`forced_attention`), so memory does not grow with ``K x L x S``.
 
     With ``opts.ctc_weight`` λ > 0 every candidate's score is the joint CTC/attention one (module docstring);
     both parts only fall as a hypothesis grows, so the stopping bound still holds. ``score`` is then the
@@ -349,7 +459,7 @@ def beam_search(
         use_ctc = lam > 0
     members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc)
     first = members[0].model  # its special ids are every member's
-    b, s_max = hs.shape[0], hs.shape[1]
+    b = hs.shape[0]
     dev = hs.device
     v = first.decoder.vocab_size
     max_lens = _max_lens(hs_lens, opts)
@@ -358,12 +468,13 @@ def beam_search(
     scores[:, 0] = 0.0
     y = torch.full((b * k,), first.sos_id, dtype=torch.long, device=dev)
     hist = torch.empty(b * k, 0, dtype=torch.long, device=dev)
-    att_hist = torch.empty(b * k, 0, s_max, device=dev)
-    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    # Per utterance: (tokens, score, norm_score, ended with eos) of each finished hypothesis.
+    finished: list[list[tuple[list[int], float, float, bool]]] = [[] for _ in range(b)]
+    ended: list[list[tuple[int, float]]] = [[] for _ in range(b)]  # (step, score) of eos endings
     done = torch.zeros(b, dtype=torch.bool)
     base = (torch.arange(b, device=dev) * k)[:, None]
     for t in range(int(max_lens.max())):
-        logp, w = _ensemble_step(members, y, lam)
+        logp, _ = _ensemble_step(members, y, lam)
         logp = _mask_special(logp, first).view(b, k, v)
         cand = (scores[:, :, None] + logp).view(b, k * v)
         n_cand = min(2 * k, k * v)
@@ -378,11 +489,10 @@ def beam_search(
             for bi, ci in fin.nonzero().tolist():
                 if done[bi]:
                     continue
-                src = int(new_hist_src[bi, ci])
-                toks = hist[src].tolist()
-                att = torch.cat([att_hist[src], w[src : src + 1]], 0)[:, : int(hs_lens[bi])].cpu()
+                toks = hist[int(new_hist_src[bi, ci])].tolist()
                 sc = float(top_scores[bi, ci])
-                finished[bi].append(Hypothesis(toks, sc, _norm(sc, len(toks) + 1, opts.length_penalty), att))
+                finished[bi].append((toks, sc, _norm(sc, len(toks) + 1, opts.length_penalty), True))
+                ended[bi].append((t, sc))
         # Keep the best K non-eos candidates alive: sort key pushes eos ones to the back.
         order = torch.arange(n_cand, device=dev)[None, :] + n_cand * is_eos.long()
         keep = order.argsort(dim=-1)[:, :k]  # (B, K) positions into the 2K candidates
@@ -392,7 +502,6 @@ def beam_search(
         for member in members:
             member.select(src, y)
         hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
-        att_hist = torch.cat([att_hist.index_select(0, src), w.index_select(0, src)[:, None]], 1)
         # A live hypothesis can only lose log-probability, so its best possible ranking score is its score
         # now divided by the largest length it may reach; an utterance is done once a finished hypothesis
         # beats that bound for every live one (exact for length_penalty=0), or at its maximum length.
@@ -400,7 +509,11 @@ def beam_search(
         for bi in range(b):
             if done[bi]:
                 continue
-            if finished[bi] and max(h.norm_score for h in finished[bi]) >= bound[bi]:
+            if finished[bi] and max(h[2] for h in finished[bi]) >= bound[bi]:
+                done[bi] = True
+            elif end_detected(ended[bi], t, opts.end_detect_m, opts.end_detect_d) or (
+                opts.end_detect_m > 0 and ended[bi] and float(scores[bi].max()) < max(sc for _, sc in ended[bi]) + opts.end_detect_d
+            ):
                 done[bi] = True
             elif bool(last[bi]):
                 # Out of length: the live hypotheses end here (no eos emitted).
@@ -408,18 +521,22 @@ def beam_search(
                     sc = float(scores[bi, j])
                     if sc == float("-inf"):
                         continue
-                    row = bi * k + j
-                    toks = hist[row].tolist()
-                    finished[bi].append(
-                        Hypothesis(toks, sc, _norm(sc, len(toks), opts.length_penalty), att_hist[row, :, : int(hs_lens[bi])].cpu())
-                    )
+                    toks = hist[bi * k + j].tolist()
+                    finished[bi].append((toks, sc, _norm(sc, len(toks), opts.length_penalty), False))
                 done[bi] = True
         if bool(done.all()):
             break
         scores = scores.masked_fill(done.to(dev)[:, None], float("-inf"))
     # best first; sorted() is stable, so ties keep their finishing order and [0] is max()'s choice
-    ranked = [sorted(f, key=lambda h: h.norm_score, reverse=True) for f in finished]
-    return [r[:nbest] for r in ranked] if nbest else [r[0] for r in ranked]
+    ranked = [sorted(f, key=lambda h: h[2], reverse=True)[: nbest or 1] for f in finished]
+    # Attention is recomputed for the returned hypotheses only (one teacher-forced decoder pass, batched).
+    utt = [bi for bi, r in enumerate(ranked) for _ in r]
+    flat = [h for r in ranked for h in r]
+    utt_t = torch.tensor(utt, dtype=torch.long, device=dev)
+    atts = forced_attention(members[0], utt_t * k, [h[0] for h in flat], hs_lens.index_select(0, utt_t.to(hs_lens.device)), [h[3] for h in flat])
+    hyps = iter(Hypothesis(toks, sc, norm, att) for (toks, sc, norm, _), att in zip(flat, atts))
+    out = [[next(hyps) for _ in r] for r in ranked]
+    return out if nbest else [r[0] for r in out]
 
 
 def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
@@ -433,24 +550,39 @@ def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingO
     return beam_search(model, xs_pad, xs_lens, opts)
 
 
-def resolve_options(model: Models, given: dict[str, Any] | None = None) -> DecodingOptions:
+def resolve_options(model: Models | None, given: dict[str, Any] | None = None) -> DecodingOptions:
     """The search options for ``model`` (one model or an ensemble): ``given`` (field name -> value, only the
     options the user set) over the :class:`DecodingOptions` defaults, except that when ``ctc_weight`` is not
-    given and a member has no CTC branch, λ is 0 (attention only) instead of the default.
+    given and a member has no CTC branch, λ is 0 (attention only) instead of the default. ``model`` None
+    only checks ``given`` (before a model is loaded).
+
+    A value given as a string (a command line, a YAML file) is read as the field's type (``"4"`` -> 4,
+    ``"0.5"`` -> 0.5); numbers are passed as they are, so :meth:`DecodingOptions.__post_init__` refuses a
+    non-integral ``beam_size`` instead of truncating it.
 
     Raises
     ------
     ValueError
-        A key of ``given`` that is not a :class:`DecodingOptions` field (the message lists the fields), or
-        an invalid value (from :class:`DecodingOptions`).
+        A key of ``given`` that is not a :class:`DecodingOptions` field (the message lists the fields), a
+        string that is not a number of the field's type, or an invalid value (from :class:`DecodingOptions`).
     """
-    given = dict(given or {})
-    names = {f.name: f.type for f in fields(DecodingOptions)}
-    unknown = sorted(set(given) - set(names))
+    names = {f.name for f in fields(DecodingOptions)}
+    unknown = sorted(set(given or {}) - names)
     if unknown:
         raise ValueError(f"unknown decoding option(s) {unknown}; choose from {sorted(names)}")
-    casts = {"beam_size": int, "min_len": int}
-    given = {k: casts.get(k, float)(v) for k, v in given.items()}
-    if "ctc_weight" not in given and any(m.ctc is None for m in ensemble_members(model)):
+    given = {k: _from_string(k, v) for k, v in (given or {}).items()}
+    if model is not None and "ctc_weight" not in given and any(m.ctc is None for m in ensemble_members(model)):
         given["ctc_weight"] = 0.0
     return DecodingOptions(**given)
+
+
+def _from_string(name: str, value: Any) -> Any:
+    """``value`` read as option ``name``'s type when it is a string, else unchanged (ValueError naming the
+    option when the string is no such number)."""
+    if not isinstance(value, str):
+        return value
+    kind = int if {f.name: f.type for f in fields(DecodingOptions)}[name] in (int, "int") else float
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None

@@ -5,8 +5,13 @@ read with :mod:`soundfile` and resampled with :func:`torchaudio.functional.resam
 
 Bad input, decided once here (see the README's "Robustness" section):
 
-* missing path, directory, not audio, header cut short, zero samples, NaN/Inf samples, a sample rate
-  outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``: :class:`AudioError` naming the file and the reason;
+* missing path, directory, not a regular file (a FIFO, device or socket: never opened, so a FIFO with no
+  writer cannot hang the caller), a symlink loop, permission denied, not audio, header cut short, zero
+  samples, NaN/Inf samples, a sample rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, more than
+  ``MAX_DURATION_S`` of audio, a header claiming more samples than the file's size can hold
+  (``MAX_SAMPLES_PER_BYTE``): :class:`AudioError` naming the file and the reason;
+* samples are read in blocks of ``_READ_BLOCK`` frames, so memory follows the samples really present,
+  never the count a (corrupt or hostile) header claims;
 * a WAV whose *data* is truncated (header intact): the samples present are loaded, as libsndfile reads them;
 * digital silence (all zeros): loaded as is; Kaldi fbank with dither 0 then gives the finite energy-floor
   value (``log(FLT_EPSILON)``) in every bin, so silence is decodable;
@@ -15,8 +20,10 @@ Bad input, decided once here (see the README's "Robustness" section):
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -24,13 +31,22 @@ import numpy as np
 import soundfile as sf
 import torch
 
-__all__ = ["AudioError", "load_audio", "audio_duration", "resample_waveform", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
+__all__ = ["AudioError", "load_audio", "audio_duration", "check_regular_file", "resample_waveform", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "MAX_DURATION_S", "MAX_SAMPLES_PER_BYTE"]
 
 _STEREO_MODES = ("downmix", "error")
 #: File sample rates accepted by :func:`load_audio` (Hz). Below, resampling a file to 16 kHz could
 #: multiply its size without bound (a 1 Hz header turns 10 MB into 160 GB); above, no real recording.
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
+#: Longest recording :func:`load_audio` accepts (seconds): 4 h, 230 M samples at 16 kHz (0.9 GB float32).
+MAX_DURATION_S = 4 * 3600.0
+#: Most samples (frames x channels) a header may claim per byte of file. PCM holds at most 1 sample per
+#: byte (8-bit); FLAC's densest frames (digital silence: a constant subframe of up to 65535 samples in a
+#: few bytes) reach a few thousand. Above this the header is corrupt or hostile (a 46 KB FLAC claiming
+#: 2^36 samples would make a plain ``sf.read`` allocate 256 GiB).
+MAX_SAMPLES_PER_BYTE = 8192
+# Frames read per block: memory grows with the samples actually decoded, not with the header's claim.
+_READ_BLOCK = 1 << 20
 # torchaudio's sinc resampler builds a (new/g, orig/g)-sized kernel (g = gcd of the rates): fine for
 # 8/22.05/44.1/48 kHz (at most 441), minutes of CPU for e.g. 44101 Hz. Above this, an FFT resampler is used.
 _MAX_SINC_RATIO_TERM = 1000
@@ -60,11 +76,55 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
+def check_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
+    """``os.stat`` of ``path`` (following symlinks) if it is a readable regular file.
+
+    Nothing is opened before the file type is known, so a FIFO without a writer cannot block the caller.
+
+    Returns
+    -------
+    os.stat_result
+        The file's status (``st_size`` in bytes, ``st_mtime_ns``).
+
+    Raises
+    ------
+    AudioError
+        The reason: ``file not found``, ``symlink loop``, ``permission denied``, ``is a directory, not an
+        audio file``, ``not a regular file (FIFO|character device|block device|socket)``.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise AudioError(p, "file not found") from None
+    except PermissionError:
+        raise AudioError(p, "permission denied (cannot stat the file)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AudioError(p, "symlink loop (too many levels of symbolic links)") from None
+        raise AudioError(p, f"cannot stat the file ({exc.strerror or exc})") from None
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        raise AudioError(p, "is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode) else "special file"
+        raise AudioError(p, f"not a regular file ({kind})")
+    if not os.access(p, os.R_OK):
+        raise AudioError(p, "permission denied (file is not readable)")
+    return st
+
+
+_check_file = check_regular_file
+
+
+def _check_header(path: Path, frames: int, channels: int, sample_rate: int, size: int) -> None:
+    """Refuse a header whose sample count cannot be true (more than ``MAX_SAMPLES_PER_BYTE`` per byte of
+    the ``size``-byte file) or whose duration exceeds ``MAX_DURATION_S``."""
+    claimed = int(frames) * max(int(channels), 1)
+    if claimed > MAX_SAMPLES_PER_BYTE * max(size, 1):
+        raise AudioError(path, f"header claims {frames} samples x {channels} channel(s) but the file has {size} bytes (corrupt or hostile header)")
+    if frames / sample_rate > MAX_DURATION_S:
+        raise AudioError(path, f"header claims {frames / sample_rate:.0f} s of audio, more than the {MAX_DURATION_S:.0f} s limit")
 
 
 def _sf_reason(exc: Exception) -> str:
@@ -87,11 +147,12 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
     Raises
     ------
     AudioError
-        If the file does not exist, is a directory, is not readable as audio, or has a sample rate
-        outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``.
+        If the file does not exist, is not a readable regular file (:func:`check_regular_file`), is not
+        readable as audio, has a sample rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, or a header
+        claiming an impossible sample count (:data:`MAX_SAMPLES_PER_BYTE`, :data:`MAX_DURATION_S`).
     """
     p = Path(path)
-    _check_file(p)
+    st = _check_file(p)
     try:
         info = sf.info(str(p))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:  # LibsndfileError subclasses SoundFileError
@@ -100,6 +161,8 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
         raise AudioError(
             p, f"unsupported sample rate {info.samplerate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
         )
+    if info.frames > 0:
+        _check_header(p, info.frames, info.channels, info.samplerate, st.st_size)
     return float(info.frames) / float(info.samplerate)
 
 
@@ -132,7 +195,9 @@ def load_audio(
     Raises
     ------
     AudioError
-        If the file is missing, a directory, not readable as audio (e.g. its header is cut short), has
+        If the file is missing, not a readable regular file (:func:`check_regular_file`: a directory,
+        FIFO, device, symlink loop, no read permission), not readable as audio (e.g. its header is cut
+        short), has a header claiming an impossible sample count or more than :data:`MAX_DURATION_S`, has
         zero samples, contains NaN or infinite samples, has a sample rate outside
         ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, or has several channels while ``stereo="error"``. These
         (and the ``ValueError`` below) are the only exceptions raised for any file content.
@@ -144,11 +209,28 @@ def load_audio(
     if int(target_sample_rate) <= 0:
         raise ValueError(f"target_sample_rate must be positive, got {target_sample_rate}")
     p = Path(path)
-    _check_file(p)
+    st = _check_file(p)
     try:
-        # (frames, channels), float32; PCM is scaled to [-1, 1) by libsndfile.
-        data, sample_rate = sf.read(str(p), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        with sf.SoundFile(str(p)) as f:
+            sample_rate, claimed, channels = f.samplerate, f.frames, f.channels
+            if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+                raise AudioError(p, f"unsupported sample rate {sample_rate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+            if claimed > 0:
+                _check_header(p, claimed, channels, sample_rate, st.st_size)
+            # (frames, channels), float32; PCM is scaled to [-1, 1) by libsndfile. Read block by block:
+            # a header may claim far more frames than there are.
+            max_frames = int(MAX_DURATION_S * max(sample_rate, 1)) + 1
+            blocks, total = [], 0
+            while True:
+                block = f.read(min(_READ_BLOCK, max_frames + 1 - total), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                blocks.append(block)
+                total += block.shape[0]
+                if total > max_frames:
+                    raise AudioError(p, f"longer than the {MAX_DURATION_S:.0f} s limit")
+        data = np.concatenate(blocks, 0) if blocks else np.zeros((0, channels), dtype=np.float32)
+    except (sf.SoundFileError, RuntimeError, OSError, MemoryError) as exc:
         raise AudioError(p, _sf_reason(exc)) from exc
 
     num_frames, num_channels = data.shape

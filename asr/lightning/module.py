@@ -16,13 +16,13 @@ from asr.data.dataset import Batch
 from asr.decoding.search import DecodingOptions, greedy_search
 from asr.metrics.wer import score
 from asr.models.asr_model import AttentionASRModel, build_model
-from asr.models.checkpoint import ALLOWED_OPTIMIZERS, ASR_KEY, check_stored_config, checkpoint_payload, load_checkpoint
+from asr.models.checkpoint import ALLOWED_OPTIMIZERS, ASR_KEY, MAX_MODEL_PARAMS, check_model_size, check_stored_config, checkpoint_payload, load_checkpoint
 from asr.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 # The checkpoint format has one owner, asr.models.checkpoint; these names stay importable from here.
-__all__ = ["ASRLightningModule", "TrainingDivergedError", "epoch_seed", "ASR_KEY", "ALLOWED_OPTIMIZERS", "check_stored_config", "load_checkpoint"]
+__all__ = ["ASRLightningModule", "TrainingDivergedError", "epoch_seed", "ASR_KEY", "ALLOWED_OPTIMIZERS", "check_stored_config", "check_model_size", "MAX_MODEL_PARAMS", "load_checkpoint"]
 
 
 def warmup_steps(optim_cfg: dict, total: int, max_epochs: int) -> int:

@@ -303,7 +303,8 @@ def per_utterance(refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str]) 
         One dict per utterance with keys ``utt_id``, ``ref``, ``hyp`` (whitespace-normalised),
         ``sub``, ``del``, ``ins``, ``hits``, ``n_ref``, ``errors`` (word counts), ``wer`` (fraction,
         ``None`` for an empty reference with insertions), ``cer`` (fraction or ``None``) and
-        ``alignment`` (a ``REF:``/``HYP:``/marker block, see `format_alignment`).
+        ``alignment`` (a ``REF:``/``HYP:``/marker block, see `format_alignment`) and ``steps`` (the word
+        alignment as ``(op, ref word or None, hyp word or None)`` tuples, ``op`` in ``C``/``S``/``D``/``I``).
 
     Raises
     ------
@@ -337,6 +338,7 @@ def per_utterance(refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str]) 
                 "wer": rate(wc),
                 "cer": rate(cc),
                 "alignment": format_alignment(ws),
+                "steps": ws,
             }
         )
     return out

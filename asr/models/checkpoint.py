@@ -19,6 +19,7 @@ plotting, averaging, export and the inference API read with :func:`read_checkpoi
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ __all__ = [
     "checkpoint_payload",
     "read_checkpoint",
     "check_stored_config",
+    "check_model_size",
+    "MAX_MODEL_PARAMS",
+    "MAX_CONFIG_INT",
     "model_state_dict",
     "fbank_options",
     "load_checkpoint",
@@ -126,6 +130,70 @@ def check_stored_config(model_cfg: Any, optim_cfg: Any, where: str = "checkpoint
                 raise ValueError(f"refusing {where}: optim.{key}={optim_cfg[key]!r} is not an allowed optimiser ({sorted(ALLOWED_OPTIMIZERS)})")
 
 
+#: Largest model (parameters) a checkpoint may describe: 50x the largest recipe model; a stored config asking
+#: for more is refused before anything is allocated.
+MAX_MODEL_PARAMS = 500_000_000
+#: Largest integer any stored model-config value may hold (sizes, layers, heads, ...).
+MAX_CONFIG_INT = 1_000_000
+_MAX_LAYERS = 1000
+
+
+def _config_ints(cfg: Any, path: str = "model") -> list[tuple[str, int]]:
+    """Every integer of a nested config as ``(key path, value)`` (booleans excluded)."""
+    if isinstance(cfg, dict):
+        return [x for k, v in cfg.items() for x in _config_ints(v, f"{path}.{k}")]
+    if isinstance(cfg, (list, tuple)):
+        return [x for i, v in enumerate(cfg) for x in _config_ints(v, f"{path}[{i}]")]
+    return [(path, cfg)] if isinstance(cfg, int) and not isinstance(cfg, bool) else []
+
+
+def check_model_size(model_cfg: dict, state: dict[str, torch.Tensor], tok: Tokenizer, feat_dim: int = 80, where: str = "checkpoint", max_params: int = MAX_MODEL_PARAMS) -> int:
+    """Check a stored model config against sane bounds and the stored tensors, allocating nothing.
+
+    The model is built on PyTorch's ``meta`` device (shapes only, no memory), so a config asking for
+    ``hidden_size: 40000`` costs nothing here; its parameter count must stay under ``max_params`` and every
+    parameter/buffer shape must equal that of the stored tensor of the same name.
+
+    Parameters
+    ----------
+    model_cfg : the stored model config; state : stored tensors by name (``model.`` prefix removed);
+    tok : the checkpoint's tokenizer (vocabulary size, special ids); feat_dim : fbank bins; where : names the
+    checkpoint in errors; max_params : the parameter limit.
+
+    Returns
+    -------
+    int
+        The parameter count computed from the config.
+
+    Raises
+    ------
+    ValueError
+        An integer config value above :data:`MAX_CONFIG_INT` (a ``*layers*``/``*heads*`` one above 1000),
+        more than ``max_params`` parameters, or a config whose parameters differ from the stored tensors
+        (missing, unexpected or differently shaped names; the message gives both counts and the first
+        difference).
+    """
+    for key, v in _config_ints(model_cfg):
+        limit = _MAX_LAYERS if ("layers" in key or "heads" in key) else MAX_CONFIG_INT
+        if v > limit:
+            raise ValueError(f"refusing {where}: stored config {key}={v} exceeds the sanity limit {limit}")
+    try:
+        with torch.device("meta"):
+            ghost = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, feat_dim)
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"refusing {where}: its stored model config does not build ({type(exc).__name__}: {exc})") from exc
+    n_cfg = sum(p.numel() for p in ghost.parameters())
+    if n_cfg > max_params:
+        raise ValueError(f"refusing {where}: its stored config describes {n_cfg:,} parameters, more than the limit {max_params:,}")
+    want = {k: tuple(v.shape) for k, v in ghost.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if want != have:
+        n_have = sum(math.prod(s) for k, s in have.items() if k in dict(ghost.named_parameters()))
+        diff = next((f"{k}: config {want.get(k)} vs stored {have.get(k)}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)), "")
+        raise ValueError(f"refusing {where}: its stored config gives {n_cfg:,} parameters but its tensors do not match ({n_have:,} stored; first difference {diff})")
+    return n_cfg
+
+
 def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model's weights of a checkpoint dict: its ``state_dict`` entries under :data:`MODEL_PREFIX`,
     prefix removed (the keys of ``AttentionASRModel.state_dict()``)."""
@@ -169,13 +237,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Attent
         The file is not an ``asr`` checkpoint (no ``"asr"`` entry) or refuses to load safely: it holds
         pickled objects other than tensors and plain containers (nothing in it is run), its stored config
         has a ``_target_`` key anywhere (the error names the key path), names an optimiser outside
-        :data:`ALLOWED_OPTIMIZERS`, or an unknown encoder/decoder/attention type.
+        :data:`ALLOWED_OPTIMIZERS`, or an unknown encoder/decoder/attention type, or fails
+        :func:`check_model_size` (checked before any weight is allocated).
     """
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt[ASR_KEY]
     check_stored_config(meta.get("model_cfg"), meta.get("optim_cfg"), str(path))
     tok = Tokenizer(meta["tokenizer_proto"])
+    state = model_state_dict(ckpt)
+    check_model_size(meta["model_cfg"], state, tok, meta.get("feat_dim", 80), str(path))
     model = build_model(meta["model_cfg"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, meta.get("feat_dim", 80))
-    model.load_state_dict(model_state_dict(ckpt))
+    model.load_state_dict(state)
     model.eval()
     return model, tok, meta

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save
 
 from asr.features.fbank import FbankOptions
 from asr.models.asr_model import AttentionASRModel, build_model
-from asr.models.checkpoint import check_stored_config, fbank_options
+from asr.models.checkpoint import check_model_size, check_stored_config, fbank_options
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_open, atomic_write_text
 
@@ -132,7 +132,8 @@ def load_model_dir(path: str | Path, map_location: str | torch.device = "cpu") -
         ``path`` is not a directory with ``config.yaml`` (the message names the missing file).
     ValueError
         ``config.yaml`` is not a mapping, has another ``format`` version, a ``_target_`` key or unknown
-        model types; the weights do not fit the model (missing or unexpected keys, shapes).
+        model types; the weights do not fit the model (missing or unexpected keys, shapes) or the config fails
+        :func:`~asr.models.checkpoint.check_model_size` (checked before any weight is allocated).
     """
     d = Path(path)
     for name in (CONFIG, WEIGHTS):
@@ -148,9 +149,10 @@ def load_model_dir(path: str | Path, map_location: str | torch.device = "cpu") -
     cmvn_file = features.pop("cmvn", CMVN)
     fbank = fbank_options({"fbank": features})
     tok = Tokenizer((d / config.get("tokenizer", {}).get("file", TOKENIZER)).read_bytes())
-    model = build_model(config["model"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, fbank.num_mel_bins)
     state = dict(load_file(str(d / config.get("weights", {}).get("file", WEIGHTS))))
     state.update({f"cmvn.{k}": v for k, v in load_file(str(d / cmvn_file)).items()})
+    check_model_size(config["model"], state, tok, fbank.num_mel_bins, str(d / CONFIG))
+    model = build_model(config["model"], tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, fbank.num_mel_bins)
     try:
         model.load_state_dict(state)  # copies into the float32 parameters
     except RuntimeError as exc:

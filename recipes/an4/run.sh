@@ -16,7 +16,8 @@
 #   5 checkpoint averaging (the kept epoch checkpoints -> avg<N>.ckpt; best.ckpt when --average 0) and
 #     (joint CTC/attention) beam search of train_dev and test -> exp/<name>/decode_{dev,test}_beam<K>[_ctc<w>][_avg<N>]/
 #   6 scoring (WER/CER) -> .../scoring/{wer.json,result.txt,per_utt.txt}
-#   7 alignment plots (worst and first utterances of test; a comparison of all trained scorers)
+#   7 alignment plots (worst and first utterances of test; a comparison of all trained scorers) and the
+#     browsable alignment report of test (asr-inspect: <decode_test>/report/index.html)
 set -euo pipefail
 
 stage=0
@@ -158,6 +159,9 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     heads=()  # Transformer decoder: also every layer's and head's cross-attention (<utt>_heads.png)
     grep -q '"decoder": "transformer"' "${test_dir}/meta.json" && heads=(heads=true feats=dump/test/feats.pt)
     asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3 "${heads[@]}"
+    # The browsable report beside the plots: every utterance, its audio, attention and diagnostics.
+    log "stage 7: alignment report -> ${test_dir}/report/index.html"
+    asr-inspect decode_dir="${test_dir}" out_dir="${test_dir}/report" data_dir=data/test feats=dump/test/feats.pt teacher_forced=true
     # One figure comparing every scorer trained so far on the same test utterance.
     mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_"${dtag}" 2>/dev/null | grep -v _smoke || true)
     if [ -z "${tag}" ] && [ -z "${ensemble}" ] && [ "${#others[@]}" -ge 2 ]; then
@@ -171,4 +175,6 @@ if [ "${stop_stage}" -ge 6 ] && [ -f "${decode_exp}/decode_test_${dtag}/scoring/
     for d in "${decode_dirs[@]}"; do
         [ -f "${d}/scoring/result.txt" ] && { echo "== ${d}"; cat "${d}/scoring/result.txt"; }
     done
+    report="${decode_exp}/decode_test_${dtag}/report/index.html"
+    if [ -f "${report}" ]; then echo "alignment report (open in a browser): $(pwd)/${report}"; fi
 fi
