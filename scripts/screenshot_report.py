@@ -1,11 +1,12 @@
 """Screenshots of an ``asr-inspect`` report in headless Chromium (Playwright driving Debian's ``chromium``).
 
     python scripts/screenshot_report.py REPORT_DIR OUT_DIR [UTT_ID]
-    # -> OUT_DIR/inspect_index.png and OUT_DIR/inspect_<utt>.png (default utt: the first with the most word errors)
+    # -> OUT_DIR/inspect_index.png, OUT_DIR/inspect_index_table.png and OUT_DIR/inspect_<utt>.png
+    #    (default utt: the first with the most word errors)
 
 Never downloads a browser: it uses ``$CHROMIUM`` or ``chromium`` on PATH (``apt-get install chromium``) and the
-``playwright`` package of the ``test`` extra. The index shot is the top of the page (1400 x 1800 px), the utterance
-page is shot whole.
+``playwright`` package of the ``test`` extra. The index shot is the top of the page (1400 x 1800 px), the table shot
+the utterance table sorted by WER (worst first, 1400 x 900 px from its heading), the utterance page is shot whole.
 """
 
 from __future__ import annotations
@@ -39,10 +40,18 @@ def main(argv: list[str]) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto((report / "index.html").resolve().as_uri(), wait_until="load")
         page.screenshot(path=str(out / "inspect_index.png"))
+        wer = page.locator("#utts thead th", has_text="WER %")
+        wer.click()
+        wer.click()  # second click: descending
+        top = page.evaluate("() => [...document.querySelectorAll('h2')].find(h => h.textContent === 'Utterances')"
+                            ".getBoundingClientRect().top + window.scrollY")
+        page.screenshot(path=str(out / "inspect_index_table.png"), full_page=True,
+                        clip={"x": 0, "y": top - 10, "width": 1400, "height": 900})
         page.goto((report / "utts" / f"{stem}.html").resolve().as_uri(), wait_until="load")
         page.screenshot(path=str(out / f"inspect_{stem}.png"), full_page=True)
         browser.close()
     print(out / "inspect_index.png")
+    print(out / "inspect_index_table.png")
     print(out / f"inspect_{stem}.png")
 
 

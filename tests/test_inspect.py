@@ -86,6 +86,44 @@ def test_report_files(report, decoded):
     page = (out / "utts" / f"{ids[0]}.html").read_text()
     assert 'id="tokens"' in page and "<audio" in page
     assert set(payload["auc_wrong_vs_correct"]) >= {"entropy", "coverage_gap", "backward_jumps"}
+    assert set(payload["auc_confidence"]) == {"length-normalised beam score", "mean token log-prob (model pass)"}
+
+
+def test_model_pass_batched_equals_one_by_one(decoded):
+    """Padded batches give each utterance what running it alone gives (log-probs, CTC path, forced attention)."""
+    import numpy as np
+
+    from asr.decoding.results import read_meta, read_results
+    from asr.viz.report import _load_feats, model_pass
+
+    decode_dir, data_dir = decoded
+    rows = read_results(decode_dir)
+    meta = read_meta(decode_dir)
+    feats, _ = _load_feats(rows, data_dir, None, meta, 80)
+    assert len({f.shape[0] for f in feats.values()}) > 1  # lengths differ: the batches are padded
+    batched = model_pass(meta["checkpoint"], feats, rows, teacher_forced=True, batch_size=16)
+    single = model_pass(meta["checkpoint"], feats, rows, teacher_forced=True, batch_size=1)
+    assert set(batched) == set(single) == {r["utt_id"] for r in rows}
+    for u, one in single.items():
+        many = batched[u]
+        assert many.ctc_pieces == one.ctc_pieces and many.ctc_frames == one.ctc_frames
+        assert many.forced_pieces == one.forced_pieces and many.forced.shape == one.forced.shape
+        np.testing.assert_allclose(many.token_logprob, one.token_logprob, atol=1e-4)
+        np.testing.assert_allclose(many.forced, one.forced, atol=1e-4)
+
+
+def test_checkpoint_relative_to_recipe(tmp_path):
+    """meta.json's checkpoint is relative to the folder asr-decode ran in (the recipe), found from anywhere."""
+    from asr.viz.report import _resolve_ckpt
+
+    recipe = tmp_path / "recipe"
+    ck = recipe / "exp/m/checkpoints/avg5.ckpt"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"")
+    decode_dir = recipe / "exp/m/decode_test"
+    decode_dir.mkdir()
+    assert _resolve_ckpt(None, {"checkpoint": "exp/m/checkpoints/avg5.ckpt"}, decode_dir).resolve() == ck.resolve()
+    assert _resolve_ckpt(None, {"checkpoint": "exp/other/avg5.ckpt"}, decode_dir) is None
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,9 @@ __all__ = ["main"]
 def main(cfg: DictConfig) -> None:
     """Console entry point ``asr-inspect`` (config ``conf/inspect.yaml``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Hydra's "disabled" job logging (conf/inspect.yaml) disables the loggers created at import, which would
+    # silence the report's warnings (missing checkpoint, long-form recordings left out) and its timing line.
+    logging.getLogger("asr.viz.report").disabled = False
     index = build_report(
         cfg.decode_dir, cfg.out_dir, cfg.data_dir, cfg.feats, cfg.ckpt,
         teacher_forced=bool(cfg.teacher_forced), use_model=bool(cfg.use_model), audio=bool(cfg.audio), jobs=int(cfg.jobs),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matplotlib.axes
 import matplotlib.image
+import matplotlib.transforms
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -70,7 +71,11 @@ def _draw(
     tokens: Sequence[str],
     seconds_per_frame: float,
     vmax: float | None = None,
+    tick_labels: bool = True,
 ) -> matplotlib.image.AxesImage:
+    """Draw ``w`` ``(U, S)`` on ``ax`` (x in seconds, one row per token). With ``tick_labels=False`` the tokens are
+    plain text beside the rows instead of y tick labels (a matplotlib Tick costs about five artists: 3x faster
+    for figures with many rows, e.g. the pages of ``asr-inspect``)."""
     U, S = w.shape
     im = ax.imshow(
         w,
@@ -82,8 +87,14 @@ def _draw(
         vmin=0.0,
         vmax=vmax if vmax is not None else max(float(w.max()), 1e-6),
     )
-    ax.set_yticks(np.arange(U))
-    ax.set_yticklabels(list(tokens), fontsize=_token_fontsize(U))
+    if tick_labels:
+        ax.set_yticks(np.arange(U))
+        ax.set_yticklabels(list(tokens), fontsize=_token_fontsize(U))
+    else:
+        ax.set_yticks([])
+        beside = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+        for i, t in enumerate(tokens):
+            ax.text(-0.006, i, t, transform=beside, ha="right", va="center", fontsize=_token_fontsize(U))
     ax.set_xlim(0.0, S * seconds_per_frame)
     ax.set_ylabel("output token")
     return im

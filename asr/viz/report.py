@@ -88,8 +88,13 @@ class ModelOutputs:
     heads: np.ndarray | None = None
 
 
-def model_pass(ckpt: str | Path, feats: dict[str, Any], rows: Sequence[dict[str, Any]], teacher_forced: bool = False) -> dict[str, ModelOutputs]:
+def model_pass(
+    ckpt: str | Path, feats: dict[str, Any], rows: Sequence[dict[str, Any]], teacher_forced: bool = False, batch_size: int = 16,
+) -> dict[str, ModelOutputs]:
     """Run the decode's model over its hypotheses (and references) for the report.
+
+    Utterances are run in padded batches of similar length (the encoders and decoders mask padding, so each
+    utterance's outputs are those of running it alone, up to float rounding).
 
     Parameters
     ----------
@@ -101,6 +106,8 @@ def model_pass(ckpt: str | Path, feats: dict[str, Any], rows: Sequence[dict[str,
         ``results.jsonl`` rows (``utt_id``, ``ref``, ``tokens``); utterances without features are skipped.
     teacher_forced : bool
         Also force the decoder along the reference (`ModelOutputs.forced`).
+    batch_size : int
+        Utterances per forward pass.
 
     Returns
     -------
@@ -114,42 +121,63 @@ def model_pass(ckpt: str | Path, feats: dict[str, Any], rows: Sequence[dict[str,
         message names the utterance: a decode of another model).
     """
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     from asr.models.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(str(ckpt))
-    out: dict[str, ModelOutputs] = {}
+    unk = tok.sp.unk_id()
+    todo = []
     for r in rows:
         u = r["utt_id"]
         if u not in feats:
             continue
         pieces = [str(p) for p in r.get("tokens", [])]
         ids = [tok.sp.piece_to_id(p) for p in pieces]
-        if any(i == tok.sp.unk_id() and p != tok.sp.id_to_piece(tok.sp.unk_id()) for i, p in zip(ids, pieces)):
+        if any(i == unk and p != tok.sp.id_to_piece(unk) for i, p in zip(ids, pieces)):
             raise ValueError(f"utterance {u!r}: hypothesis pieces {pieces} not in the vocabulary of {ckpt}")
-        x = torch.as_tensor(feats[u]).float()[None]
-        mo = ModelOutputs()
+        todo.append((u, torch.as_tensor(feats[u]).float(), ids, tok.encode(r["ref"]) if teacher_forced else []))
+    todo.sort(key=lambda t: t[1].shape[0])
+
+    def _ys_in(seqs: list[list[int]]):
+        return pad_sequence([torch.tensor([model.sos_id] + s, dtype=torch.long) for s in seqs], batch_first=True, padding_value=model.pad_id)
+
+    out: dict[str, ModelOutputs] = {}
+    for b0 in range(0, len(todo), max(1, batch_size)):
+        batch = todo[b0:b0 + max(1, batch_size)]
+        xs_pad = pad_sequence([t[1] for t in batch], batch_first=True)
+        xs_lens = torch.tensor([t[1].shape[0] for t in batch])
         with torch.no_grad():
-            hs, hs_lens = model.encode(x, torch.tensor([x.shape[1]]))
-            ys_in = torch.tensor([[model.sos_id] + ids])
+            hs, hs_lens = model.encode(xs_pad, xs_lens)
+            ys_in = _ys_in([t[2] for t in batch])
             logits, _ = model.decoder(hs, hs_lens, ys_in)
-            logp = torch.log_softmax(logits[0].float(), -1)
-            target = torch.tensor(ids + [model.eos_id])
-            mo.token_logprob = logp[torch.arange(len(target)), target].numpy()
+            logp = torch.log_softmax(logits.float(), -1)
+            ctc = None
             if model.ctc is not None:
                 from asr.decoding.ctc import ctc_greedy
 
-                clp = torch.log_softmax(model.ctc(hs).float(), -1)
-                c_ids, _, c_frames = ctc_greedy(clp, hs_lens, model.pad_id)[0]
+                ctc = ctc_greedy(torch.log_softmax(model.ctc(hs).float(), -1), hs_lens, model.pad_id)
+            fw = model.decoder(hs, hs_lens, _ys_in([t[3] for t in batch]))[1] if teacher_forced else None
+            heads = model.decoder.cross_attention(hs, hs_lens, ys_in).float() if hasattr(model.decoder, "cross_attention") else None
+        for b, (u, _, ids, ref_ids) in enumerate(batch):
+            S, n = int(hs_lens[b]), len(ids) + 1
+            mo = ModelOutputs()
+            target = torch.tensor(ids + [model.eos_id])
+            mo.token_logprob = logp[b, torch.arange(n), target].numpy()
+            if ctc is not None:
+                c_ids, _, c_frames = ctc[b]
                 mo.ctc_pieces, mo.ctc_frames = tok.pieces(c_ids), list(c_frames)
-            if teacher_forced:
-                ref_ids = tok.encode(r["ref"])
-                _, fw = model.decoder(hs, hs_lens, torch.tensor([[model.sos_id] + ref_ids]))
-                mo.forced, mo.forced_pieces = fw[0].float().numpy(), tok.pieces(ref_ids) + [EOS]
-            if hasattr(model.decoder, "cross_attention"):
-                mo.heads = model.decoder.cross_attention(hs, hs_lens, ys_in)[:, 0].float().numpy()
-        out[u] = mo
+            if fw is not None:
+                mo.forced, mo.forced_pieces = fw[b, :len(ref_ids) + 1, :S].float().numpy(), tok.pieces(ref_ids) + [EOS]
+            if heads is not None:
+                mo.heads = heads[:, b, :, :n, :S].numpy()
+            out[u] = mo
     return out
+
+
+def _label(ax, text: str) -> None:
+    """Left-aligned panel title; a plain Text artist (``set_title`` re-measures every tick label to place itself)."""
+    ax.text(0.0, 1.01, text, transform=ax.transAxes, fontsize=8, ha="left", va="bottom")
 
 
 def utterance_figure(
@@ -199,14 +227,14 @@ def utterance_figure(
         ax.imshow(np.asarray(fbank).T, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                   extent=(0.0, fbank.shape[0] * frame_shift_s, 0, fbank.shape[1]))
         ax.set_ylabel("mel bin", fontsize=8)
-        ax.set_title("log-mel fbank", fontsize=8, loc="left")
+        _label(ax, "log-mel fbank")
         end = max(end, fbank.shape[0] * frame_shift_s)
         k += 1
     ax = axes[k]
-    _draw(ax, weights, tokens, seconds_per_frame)
+    _draw(ax, weights, tokens, seconds_per_frame, tick_labels=False)
     peaks = peak_frames(weights)
     ax.plot((peaks + 0.5) * seconds_per_frame, np.arange(U), "o", color="white", markersize=2.5, markeredgewidth=0)
-    ax.set_title("decoded attention (dots: peak of each token)", fontsize=8, loc="left")
+    _label(ax, "decoded attention (dots: peak of each token)")
     ax.set_ylabel("")
     k += 1
     if ctc is not None:
@@ -222,8 +250,8 @@ def utterance_figure(
         k += 1
     if forced is not None:
         ax = axes[k]
-        _draw(ax, forced[0], forced[1], seconds_per_frame)
-        ax.set_title("attention forced along the reference", fontsize=8, loc="left")
+        _draw(ax, forced[0], forced[1], seconds_per_frame, tick_labels=False)
+        _label(ax, "attention forced along the reference")
         ax.set_ylabel("")
         k += 1
     axes[-1].set_xlabel("time (s)", fontsize=8)
@@ -345,7 +373,11 @@ def _resolve_ckpt(ckpt: str | Path | None, meta: dict[str, Any], decode_dir: Pat
     named = meta.get("checkpoint")
     if not named:
         return None
-    for cand in (Path(named), decode_dir / named, decode_dir.parent / named):
+    cands = [Path(named)]
+    if not Path(named).is_absolute():
+        # Relative to where asr-decode ran: the recipe folder, a few levels above <recipe>/exp/<name>/decode_*.
+        cands += [p / named for p in (decode_dir, *list(decode_dir.resolve().parents)[:4])]
+    for cand in cands:
         if cand.is_file():
             return cand
     return None
@@ -518,6 +550,13 @@ def build_report(
     aucs = {k: roc_auc([np.nan if u["diag"].get(k) is None else u["diag"][k] for u in utts], wrong) for k in DIAGNOSTICS}
     aucs = {k: (None if v is None else (v if DIAGNOSTICS[k][1] else 1.0 - v)) for k, v in aucs.items()}
     present = [k for k in DIAGNOSTICS if any(u["diag"].get(k) is not None for u in utts)]
+    # For reference beside the attention diagnostics: the model's own confidence (low = wrong).
+    confidence = {
+        "length-normalised beam score": [np.nan if r.get("norm_score") is None else -float(r["norm_score"]) for r in rows],
+        "mean token log-prob (model pass)": [np.nan if not u["tokens"] or u["tokens"][0]["logprob"] is None
+                                             else -float(np.mean([t["logprob"] for t in u["tokens"]])) for u in utts],
+    }
+    baselines = {k: roc_auc(v, wrong) for k, v in confidence.items() if not np.isnan(v).all()}
     figures = _summary_figures(utts, aucs, out / "figures")
     worst = {k: sorted((u for u in utts if u["diag"].get(k) is not None), key=lambda u, k=k: u["diag"][k], reverse=DIAGNOSTICS[k][1])[:5] for k in present}
     env = _env()
@@ -531,11 +570,12 @@ def build_report(
     top_conf = [{"op": op, "ref": a, "hyp": b, "count": c} for (op, a, b), c in confusions.most_common(15)]
     best = max((k for k in present if aucs.get(k) is not None), key=lambda k: aucs[k], default=None)
     index = env.get_template("index.html.j2").render(
-        utts=utts, corpus=corpus, classes=dict(classes), confusions=top_conf, aucs=aucs, best=best, figures=figures,
+        utts=utts, corpus=corpus, classes=dict(classes), confusions=top_conf, aucs=aucs, best=best, baselines=baselines, figures=figures,
         worst=worst, n_wrong=sum(wrong), **common)
     (out / "index.html").write_text(index, encoding="utf-8")
     payload = {
         "decode_dir": str(d), "corpus": corpus, "error_classes": dict(classes), "auc_wrong_vs_correct": aucs, "best_diagnostic": best,
+        "auc_confidence": baselines,
         "utterances": [{k: v for k, v in u.items() if k not in ("tokens", "steps")} for u in utts],
     }
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
