@@ -20,7 +20,8 @@ attention being per segment (``asr-plot`` draws it); diagnostics come from :mod:
 Kaldi data dir that was decoded (``data_dir``; fbank from its dump ``feats`` or computed from the audio). The
 model pass (per-token log-probabilities, the greedy CTC path of a CTC branch, the attention forced along the
 reference with ``teacher_forced``, a Transformer decoder's per-layer/per-head grids) loads the decode's checkpoint
-(``meta.json`` ``checkpoint``, or ``ckpt``; :func:`asr.models.checkpoint.load_checkpoint`); for an ensemble decode it is the first member's.
+(``meta.json`` ``checkpoint``, relative to the current folder or to one of the decode folder's
+up to four parents, i.e. the recipe folder asr-decode ran in; or ``ckpt``; :func:`asr.models.checkpoint.load_checkpoint`); for an ensemble decode it is the first member's.
 """
 
 from __future__ import annotations
