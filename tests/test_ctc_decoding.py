@@ -135,3 +135,52 @@ def test_decode_batch_dispatch_and_errors(batch):
         decode_batch(model, xs, lens, DecodingOptions(beam_size=2, ctc_weight=0.3, length_penalty=1.0))
     with pytest.raises(ValueError, match="ctc_weight"):
         DecodingOptions(ctc_weight=1.5)
+
+
+def test_keep_drops_rows_and_leaves_the_kept_scores_unchanged(ctc_example):
+    """``CTCPrefixScorer.keep`` (beam search dropping done utterances): the kept rows score every extension as
+    in the full scorer, also after the frames past the longest kept utterance are cut off."""
+    logp, lens = ctc_example
+    k = 2
+    scorer = CTCPrefixScorer(logp, lens, BLANK, EOS, beam=k)
+    state = scorer.init_state()
+    for toks in ([1, 2, 1, 1], [2, 1, 1, 2]):
+        psi, r = scorer.score(state)
+        state = scorer.select(psi, r, torch.arange(2 * k), torch.tensor(toks))
+    full_psi, _ = scorer.score(state)
+    for utt in (1, 0):  # utterance 1 has 3 of the 5 frames: its rows keep only 3
+        part = CTCPrefixScorer(logp, lens, BLANK, EOS, beam=k)
+        part.x, part.lens = scorer.x, scorer.lens
+        rows = torch.arange(utt * k, utt * k + k)
+        kept = part.keep(state, rows)
+        assert part.x.shape[:2] == (int(lens[utt]), k) and kept.r.shape[0] == int(lens[utt])
+        psi, r = part.score(kept)
+        torch.testing.assert_close(psi, full_psi[rows])
+        torch.testing.assert_close(kept.psi, state.psi[rows])
+
+
+def test_beam_search_drops_done_utterances_with_unchanged_results(batch, monkeypatch):
+    """Once an utterance's search is done its rows leave the batch (later steps run on fewer rows), and every
+    utterance gets the hypothesis and score it gets when decoded alone."""
+    import asr.decoding.search as search
+
+    model = tiny_ctc_model()
+    xs, lens = batch
+    k = 3
+    rows_per_step = []
+    step = search._Member.step
+
+    def counting(self, y):
+        rows_per_step.append(y.shape[0])
+        return step(self, y)
+
+    monkeypatch.setattr(search._Member, "step", counting)
+    opts = DecodingOptions(beam_size=k, ctc_weight=0.3, length_penalty=0.5)
+    batched = beam_search(model, xs, lens, opts)
+    assert rows_per_step[0] == k * len(lens) and min(rows_per_step) < k * len(lens)
+    assert rows_per_step == sorted(rows_per_step, reverse=True)
+    for i in range(xs.shape[0]):
+        single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], opts)[0]
+        assert single.tokens == batched[i].tokens
+        assert single.score == pytest.approx(batched[i].score, abs=1e-4)
+        torch.testing.assert_close(single.attention, batched[i].attention, atol=1e-5, rtol=1e-4)

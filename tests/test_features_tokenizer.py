@@ -22,6 +22,20 @@ def test_fbank_shape_matches_kaldi_frame_count():
     assert x.mean() > 0 and x.std(0).min() > 0.1
 
 
+def test_fbank_in_blocks_equals_one_call(monkeypatch):
+    """A waveform longer than ``FBANK_BLOCK_FRAMES`` frames (long-form decoding) is processed block by block
+    with bounded memory; the frames equal those of one front-end call (up to float rounding), also at block edges."""
+    import asr.features.fbank as fbank
+
+    wav = torch.cat([load_audio(_wav())] * 3)
+    whole = compute_fbank(wav)
+    for block in (7, 100, whole.shape[0] - 1):
+        monkeypatch.setattr(fbank, "FBANK_BLOCK_FRAMES", block)
+        blocked = compute_fbank(wav)
+        assert blocked.shape == whole.shape
+        torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-5)  # a block of other size may round the mel product 1 ulp apart
+
+
 def test_fbank_rejects_short_and_2d_input():
     import pytest
 

@@ -396,12 +396,14 @@ def test_transformer_ctc_experiment_trains_decodes_and_plots_heads(mini_an4, tmp
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[
             "experiment=an4/transformer_ctc", f"data.root={mini_an4 / 'data'}", f"data.dump={mini_an4 / 'dump'}",
-            "tokenizer=char", f"exp_dir={exp}", "data.batch_size=3", "data.speed_perturb=[]", "trainer.max_epochs=1",
+            "tokenizer=char", f"exp_dir={exp}", "data.batch_size=3", "data.max_duration=0", "data.speed_perturb=[]", "trainer.max_epochs=1",
+            "trainer.check_val_every_n_epoch=1",
             "trainer.enable_progress_bar=false", "optim.warmup_steps=2",
             "model.encoder.d_model=32", "model.encoder.num_layers=2", "model.encoder.ff_dim=64", "model.encoder.conv_channels=8",
             "model.decoder.d_model=32", "model.decoder.num_layers=2", "model.decoder.ff_dim=64",
         ])
     assert cfg.name == "an4_transformer_ctc" and cfg.optim.schedule == "cosine" and cfg.model.ctc_weight == 0.3
+    assert cfg.model.init == "xavier_uniform" and cfg.optim.warmup_epochs == 10
     summary = train(cfg)
     assert summary["epochs"] == 1
     model, tok, meta = load_checkpoint(str(exp / "checkpoints/best.ckpt"))

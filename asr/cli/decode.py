@@ -368,7 +368,7 @@ def decode(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     model, tok, meta = load_checkpoint(cfg.ckpt)
     opts = resolve_options([model], given)
     fbank = fbank_options(meta)
-    seg_opts = SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 10.0)), longform_max_s), frame_shift_s=fbank.frame_shift_s)
+    seg_opts = SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 3.0)), longform_max_s), frame_shift_s=fbank.frame_shift_s)
     models = [m.to(device) for m in _load_members(cfg, model, tok, meta, opts)]
     min_frames = min_input_frames(models)
     out_dir = Path(cfg.out_dir)

@@ -1,8 +1,12 @@
 """Dataset and batching (the LightningDataModule is in :mod:`asr.lightning.data`).
 
-Why no lhotse: AN4-sized corpora fit in memory as precomputed fbank (``dump/<split>/feats.pt``), the
-Kaldi data dirs already are the manifests, and a 60-line length-bucketing sampler that knows rank and world
-size covers what lhotse's ``DynamicBucketingSampler`` would give here, without another dependency.
+Why no lhotse: AN4-sized corpora fit in memory as precomputed fbank (``dump/<split>/feats.pt``), the Kaldi data
+dirs already are the manifests, and :class:`LengthBucketBatchSampler` (rank-aware, keyed on seed and epoch so a
+resumed run repeats an uninterrupted one) takes a padded-audio budget (``data.max_duration``) as lhotse's
+``DynamicBucketingSampler`` does. Measured on AN4 ``train_nodev`` at 200 s per batch
+(``PYTHONPATH=/tmp/lh python scripts/compare_samplers.py``, lhotse 1.33.0): ours 13 batches of 65 utterances, 7.9 %
+padding; lhotse (10 buckets) 20 batches of 42, 8.4 % padding; both within the 200 s budget. What lhotse does and this
+sampler does not: new batch compositions every epoch (ours reshuffles the order of fixed length-sorted batches).
 """
 
 from __future__ import annotations

@@ -114,6 +114,16 @@ class CTCPrefixScorer:
         psi[:, self.blank] = NEG_INF
         return psi, r
 
+    def keep(self, state: CTCPrefixState, rows: Tensor) -> CTCPrefixState:
+        """Drop every hypothesis row but ``rows`` (``(N',)`` int64, whole utterances of ``K`` rows each) from the
+        scorer, in place, and return their state; frames past the longest kept utterance are cut off (their
+        ``x`` is blank-only padding, so every kept row's scores are unchanged). Beam search calls this when
+        utterances of the batch are done, so finished ones cost nothing more."""
+        t_keep = int(self.lens.index_select(0, rows).max())
+        self.x = self.x[:t_keep].index_select(1, rows)
+        self.lens = self.lens.index_select(0, rows)
+        return CTCPrefixState(state.r[:t_keep].index_select(2, rows), state.psi.index_select(0, rows), state.last.index_select(0, rows))
+
     def select(self, psi: Tensor, r: Tensor, src: Tensor, tokens: Tensor) -> CTCPrefixState:
         """State of the chosen extensions: row ``i`` of the new state is hypothesis ``src[i]`` extended by
         ``tokens[i]`` (``(N',)`` int64 each)."""

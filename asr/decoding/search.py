@@ -245,6 +245,14 @@ class _Member:
         psi = self._ctc_ext[0]
         return logp, w, torch.nan_to_num(psi - self.ctc_state.psi[:, None], nan=float("-inf"))
 
+    def keep(self, rows: Tensor) -> None:
+        """Drop every hypothesis row but ``rows`` (``(N',)`` int64, whole utterances) from memory, decoder
+        state and CTC prefix state (utterances whose search is done)."""
+        self.memory = self.memory.select(rows)
+        self.state = self.state.select(rows)
+        if self.ctc is not None:
+            self.ctc_state = self.ctc.keep(self.ctc_state, rows)
+
     def select(self, src: Tensor, tokens: Tensor) -> None:
         """Keep row ``src[i]`` extended by ``tokens[i]`` as row ``i`` (``(N',)`` int64 each)."""
         self.state = self.state.select(src)
@@ -458,6 +466,7 @@ def beam_search(
     if use_ctc is None:
         use_ctc = lam > 0
     members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc)
+    memory0 = members[0].memory  # every utterance's rows, for forced_attention after rows are dropped
     first = members[0].model  # its special ids are every member's
     b = hs.shape[0]
     dev = hs.device
@@ -473,10 +482,13 @@ def beam_search(
     ended: list[list[tuple[int, float]]] = [[] for _ in range(b)]  # (step, score) of eos endings
     done = torch.zeros(b, dtype=torch.bool)
     base = (torch.arange(b, device=dev) * k)[:, None]
+    # Utterances still searched (row bi of the tensors below is utterance alive[bi]); done ones are dropped
+    # from every tensor and member state, so they cost nothing while the others go on (results unchanged).
+    alive = list(range(b))
     for t in range(int(max_lens.max())):
         logp, _ = _ensemble_step(members, y, lam)
-        logp = _mask_special(logp, first).view(b, k, v)
-        cand = (scores[:, :, None] + logp).view(b, k * v)
+        logp = _mask_special(logp, first).view(-1, k, v)
+        cand = (scores[:, :, None] + logp).view(-1, k * v)
         n_cand = min(2 * k, k * v)
         top_scores, top_ids = cand.topk(n_cand, dim=-1)  # (B, 2K)
         beam_idx, tok = top_ids // v, top_ids % v
@@ -487,12 +499,10 @@ def beam_search(
         new_hist_src = base + beam_idx  # (B, 2K) flat source row
         if bool(fin.any()):
             for bi, ci in fin.nonzero().tolist():
-                if done[bi]:
-                    continue
                 toks = hist[int(new_hist_src[bi, ci])].tolist()
                 sc = float(top_scores[bi, ci])
-                finished[bi].append((toks, sc, _norm(sc, len(toks) + 1, opts.length_penalty), True))
-                ended[bi].append((t, sc))
+                finished[alive[bi]].append((toks, sc, _norm(sc, len(toks) + 1, opts.length_penalty), True))
+                ended[alive[bi]].append((t, sc))
         # Keep the best K non-eos candidates alive: sort key pushes eos ones to the back.
         order = torch.arange(n_cand, device=dev)[None, :] + n_cand * is_eos.long()
         keep = order.argsort(dim=-1)[:, :k]  # (B, K) positions into the 2K candidates
@@ -506,15 +516,13 @@ def beam_search(
         # now divided by the largest length it may reach; an utterance is done once a finished hypothesis
         # beats that bound for every live one (exact for length_penalty=0), or at its maximum length.
         bound = (scores / (max_lens[:, None].float() + 1) ** opts.length_penalty).max(-1).values.tolist()
-        for bi in range(b):
-            if done[bi]:
-                continue
-            if finished[bi] and max(h[2] for h in finished[bi]) >= bound[bi]:
-                done[bi] = True
-            elif end_detected(ended[bi], t, opts.end_detect_m, opts.end_detect_d) or (
-                opts.end_detect_m > 0 and ended[bi] and float(scores[bi].max()) < max(sc for _, sc in ended[bi]) + opts.end_detect_d
+        for bi, ui in enumerate(alive):
+            if finished[ui] and max(h[2] for h in finished[ui]) >= bound[bi]:
+                done[ui] = True
+            elif end_detected(ended[ui], t, opts.end_detect_m, opts.end_detect_d) or (
+                opts.end_detect_m > 0 and ended[ui] and float(scores[bi].max()) < max(sc for _, sc in ended[ui]) + opts.end_detect_d
             ):
-                done[bi] = True
+                done[ui] = True
             elif bool(last[bi]):
                 # Out of length: the live hypotheses end here (no eos emitted).
                 for j in range(k):
@@ -522,17 +530,25 @@ def beam_search(
                     if sc == float("-inf"):
                         continue
                     toks = hist[bi * k + j].tolist()
-                    finished[bi].append((toks, sc, _norm(sc, len(toks), opts.length_penalty), False))
-                done[bi] = True
+                    finished[ui].append((toks, sc, _norm(sc, len(toks), opts.length_penalty), False))
+                done[ui] = True
         if bool(done.all()):
             break
-        scores = scores.masked_fill(done.to(dev)[:, None], float("-inf"))
+        if bool(done[alive].any()):
+            kept = torch.tensor([bi for bi, ui in enumerate(alive) if not done[ui]], dtype=torch.long, device=dev)
+            rows = (kept[:, None] * k + torch.arange(k, device=dev)[None, :]).view(-1)
+            for member in members:
+                member.keep(rows)
+            alive = [alive[bi] for bi in kept.tolist()]
+            scores, y, hist, max_lens = scores.index_select(0, kept), y.index_select(0, rows), hist.index_select(0, rows), max_lens.index_select(0, kept.to(max_lens.device))
+            base = base[: len(alive)]
     # best first; sorted() is stable, so ties keep their finishing order and [0] is max()'s choice
     ranked = [sorted(f, key=lambda h: h[2], reverse=True)[: nbest or 1] for f in finished]
     # Attention is recomputed for the returned hypotheses only (one teacher-forced decoder pass, batched).
     utt = [bi for bi, r in enumerate(ranked) for _ in r]
     flat = [h for r in ranked for h in r]
     utt_t = torch.tensor(utt, dtype=torch.long, device=dev)
+    members[0].memory = memory0
     atts = forced_attention(members[0], utt_t * k, [h[0] for h in flat], hs_lens.index_select(0, utt_t.to(hs_lens.device)), [h[3] for h in flat])
     hyps = iter(Hypothesis(toks, sc, norm, att) for (toks, sc, norm, _), att in zip(flat, atts))
     out = [[next(hyps) for _ in r] for r in ranked]

