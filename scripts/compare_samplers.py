@@ -52,15 +52,21 @@ def main(argv: list[str] | None = None) -> None:
     cuts = CutSet.from_cuts(MonoCut(id=str(i), start=0.0, duration=n * 0.01, channel=0) for i, n in enumerate(lengths))
     lh = DynamicBucketingSampler(cuts, max_duration=args.max_duration, shuffle=True, seed=1, num_buckets=10, drop_last=False)
 
+    jit = LengthBucketBatchSampler(lengths, 100000, int(args.max_duration / 0.01), shuffle=True, seed=1, num_replicas=1, rank=0, length_jitter=0.1)
+
     def epoch_ours(e):
         ours.set_epoch(e)
         return [[i for i, _ in b] for b in ours]
+
+    def epoch_jitter(e):
+        jit.set_epoch(e)
+        return [[i for i, _ in b] for b in jit]
 
     def epoch_lhotse(e):
         lh.set_epoch(e)
         return [[int(c.id) for c in b] for b in lh]
 
-    for name, draw in (("ours (LengthBucketBatchSampler)", epoch_ours), ("lhotse DynamicBucketingSampler (10 buckets)", epoch_lhotse)):
+    for name, draw in (("ours (LengthBucketBatchSampler)", epoch_ours), ("ours, data.length_jitter=0.1", epoch_jitter), ("lhotse DynamicBucketingSampler (10 buckets)", epoch_lhotse)):
         t = time.perf_counter()
         epochs = [draw(e) for e in range(args.epochs)]
         dt = (time.perf_counter() - t) / args.epochs

@@ -79,3 +79,27 @@ def test_xavier_init_option():
     assert torch.equal(xavier.encoder.norm.weight, torch.ones(32))  # LayerNorm untouched
     with pytest.raises(ValueError, match="model.init"):
         build_model({**cfg, "init": "orthogonal"}, 12, 2, 3, 0)
+
+
+def test_length_jitter_varies_batches_per_epoch_deterministically(real_feats):
+    """length_jitter > 0: new batch compositions every epoch, drawn from (seed, epoch) only (a resumed run redraws
+    the same), every utterance once, the padded-frame budget kept on the true lengths; 0 keeps fixed batches."""
+    lengths = [real_feats[k].shape[0] for k in sorted(real_feats)] * 8  # 48 utterances, 148-208 frames
+    budget = 800
+
+    def epoch(jitter: float, e: int, seed: int = 5) -> list[frozenset]:
+        s = LengthBucketBatchSampler(lengths, 1000, budget, shuffle=True, seed=seed, num_replicas=1, rank=0, length_jitter=jitter)
+        s.set_epoch(e)
+        batches = [[i for i, _ in b] for b in s]
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) * max(lengths[i] for i in b) <= budget for b in batches)
+        return [frozenset(b) for b in batches]
+
+    fixed = [set(epoch(0.0, e)) for e in range(3)]
+    assert fixed[0] == fixed[1] == fixed[2]
+    jittered = [set(epoch(0.15, e)) for e in range(3)]
+    assert jittered[0] != jittered[1] and jittered[1] != jittered[2]
+    assert epoch(0.15, 1) == epoch(0.15, 1)  # same (seed, epoch), same batches in the same order
+    assert epoch(0.15, 1, seed=6) != epoch(0.15, 1, seed=5)
+    with pytest.raises(ValueError, match="length_jitter"):
+        LengthBucketBatchSampler(lengths, 8, length_jitter=1.5)

@@ -168,28 +168,43 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         Maximum utterances per batch.
     max_frames : int
         Maximum of ``B * T_max`` per batch (0 = no limit); a longer single utterance gets its own batch.
+    length_jitter : float
+        0 (default): the same length-sorted batches every epoch, in a new order. ``j > 0`` (with ``shuffle``):
+        every epoch sorts by ``length x (1 + u)``, ``u ~ U(-j, j)`` drawn from ``(seed, epoch)``, before cutting,
+        so neighbours of similar length meet in new batch compositions each epoch (lhotse's bucketing does this
+        by shuffling inside buckets); the budget is still checked on the true lengths. The number of batches can
+        then differ by a few from ``len()`` (the unjittered count).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, max_frames: int = 0, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, max_frames: int = 0, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, length_jitter: float = 0.0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= float(length_jitter) < 1.0:
+            raise ValueError(f"length_jitter must be in [0, 1), got {length_jitter}")
         if num_replicas is None or rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             num_replicas = torch.distributed.get_world_size() if dist else 1
             rank = torch.distributed.get_rank() if dist else 0
         self.num_replicas, self.rank = num_replicas, rank
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        self.batches: list[list[int]] = []
+        self.lengths, self.batch_size, self.max_frames, self.length_jitter = list(lengths), batch_size, max_frames, float(length_jitter)
+        self.batches = self._cut(sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], i)))
+
+    def _cut(self, order: Sequence[int]) -> list[list[int]]:
+        """Consecutive runs of ``order`` within ``batch_size`` utterances and ``max_frames`` padded frames."""
+        batches: list[list[int]] = []
         cur: list[int] = []
+        t_max = 0
         for i in order:
-            t_max = lengths[i]  # sorted ascending: the newest item is the longest
-            if cur and (len(cur) + 1 > batch_size or (max_frames and (len(cur) + 1) * t_max > max_frames)):
-                self.batches.append(cur)
-                cur = []
+            t = max(t_max, self.lengths[i])
+            if cur and (len(cur) + 1 > self.batch_size or (self.max_frames and (len(cur) + 1) * t > self.max_frames)):
+                batches.append(cur)
+                cur, t = [], self.lengths[i]
             cur.append(i)
+            t_max = t
         if cur:
-            self.batches.append(cur)
+            batches.append(cur)
+        return batches
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop so each epoch gets another order."""
@@ -200,6 +215,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         # (Lightning creates the iterator before on_train_epoch_start when a run starts or resumes).
         epoch = self.epoch
         batches = list(self.batches)
+        if self.shuffle and self.length_jitter > 0:
+            rng = random.Random(f"asr-length-jitter:{self.seed}:{epoch}")
+            keys = [n * (1.0 + rng.uniform(-self.length_jitter, self.length_jitter)) for n in self.lengths]
+            batches = self._cut(sorted(range(len(keys)), key=lambda i: (keys[i], i)))
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(batches)
         per_rank = math.ceil(len(batches) / self.num_replicas)
