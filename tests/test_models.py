@@ -11,7 +11,9 @@ from asr.models.decoders.rnn import RNNAttentionDecoder
 from asr.models.encoders.pblstm import PyramidalBLSTMEncoder, make_pad_mask
 
 SCORERS = sorted(ATTENTION_TYPES)
-ATT_KW = {"dot": {"att_dim": 32}, "additive": {"att_dim": 32}, "location_aware": {"att_dim": 32, "kernel_size": 5}, "location": {"max_frames": 64}, "general": {}, "multihead": {"att_dim": 32, "num_heads": 4}}
+ATT_KW = {"dot": {"att_dim": 32}, "additive": {"att_dim": 32}, "location_aware": {"att_dim": 32, "kernel_size": 5}, "location": {"max_frames": 64}, "general": {}, "multihead": {"att_dim": 32, "num_heads": 4},
+          "local_m": {"base": "location_aware", "att_dim": 32, "kernel_size": 5, "window": 3, "ratio": 1.5},
+          "local_p": {"base": "additive", "att_dim": 32, "window": 3, "p_dim": 16}}
 
 
 def _pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +73,14 @@ def test_scorer_weights_sum_to_one_and_zero_on_padding(kind):
     query, keys, lens = _keys()
     mask = make_pad_mask(lens, 7)
     ctx, w, state = att(query, keys, att.precompute(keys), mask, att.init_state(mask))
-    assert ctx.shape == (3, 24) and w.shape == (3, 7) and state.shape == (3, 7)
+    local = kind.startswith("local")  # their state also counts the step: (B, S + 1)
+    assert ctx.shape == (3, 24) and w.shape == (3, 7) and state.shape == (3, 7 + local)
     torch.testing.assert_close(w.sum(-1), torch.ones(3))
     assert (w[~mask] == 0).all()
-    assert (w[mask] > 0).all()
+    if local:  # the first step's window is [p_0 - D, p_0 + D] = [0, 3] (local_m; local_p: around its own p_0)
+        assert (w[:, 4:] == 0).all() if kind == "local_m" else ((w > 0).sum(-1) <= 2 * 3 + 1).all()
+    else:
+        assert (w[mask] > 0).all()
 
 
 @pytest.mark.parametrize("kind", SCORERS)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from asr.decoding.ctc import CTCPrefixScorer, CTCPrefixState, ctc_greedy
 from asr.models.asr_model import AttentionASRModel
+from asr.models.decoders.rnn import AttentionConstraint
 
 
 #: Largest accepted beam: the search holds ``B x K x V`` candidate scores and (joint CTC) ``T x 2 x K x V``
@@ -71,6 +72,14 @@ class DecodingOptions:
         Beam search end detection (:func:`end_detected`): the number of last steps looked at; 0 disables it.
     end_detect_d : float
         End detection's log-score margin (<= 0).
+    att_window_back, att_window_ahead : int
+        Windowed (monotonic) decoding: each step attends only to the encoder frames from ``att_window_back``
+        before to ``att_window_ahead`` after the previous step's attention peak, and eos waits until that
+        window reaches the last frame (:mod:`asr.models.decoders.rnn`); -1 and -1 (default) = global attention.
+        RNN attention decoders only.
+    hard_attention : bool
+        Argmax (hard) attention context at every step (:func:`asr.models.attention.harden`). RNN attention
+        decoders only.
     """
 
     beam_size: int = 10
@@ -80,6 +89,9 @@ class DecodingOptions:
     ctc_weight: float = 0.3
     end_detect_m: int = 3
     end_detect_d: float = -10.0
+    att_window_back: int = -1
+    att_window_ahead: int = -1
+    hard_attention: bool = False
 
     def __post_init__(self) -> None:
         """Check every option's type and range; numbers given as ``int`` where a float is meant are converted.
@@ -89,9 +101,11 @@ class DecodingOptions:
         ValueError
             ``beam_size`` not an integer in ``[1, MAX_BEAM_SIZE]``, ``min_len`` not an integer >= 0, a float
             option NaN/infinite/not a number, ``max_len_ratio`` <= 0, ``length_penalty`` < 0, ``ctc_weight``
-            outside [0, 1]; ``end_detect_m`` not an integer >= 0, ``end_detect_d`` not a finite number <= 0.
+            outside [0, 1]; ``end_detect_m`` not an integer >= 0, ``end_detect_d`` not a finite number <= 0;
+            only one of ``att_window_back``/``att_window_ahead`` set (>= 0), either below -1;
+            ``hard_attention`` not a bool.
         """
-        for name, lo in (("beam_size", 1), ("min_len", 0), ("end_detect_m", 0)):
+        for name, lo in (("beam_size", 1), ("min_len", 0), ("end_detect_m", 0), ("att_window_back", -1), ("att_window_ahead", -1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
@@ -112,6 +126,19 @@ class DecodingOptions:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.end_detect_d > 0:
             raise ValueError(f"end_detect_d must be <= 0 (a log-probability difference), got {self.end_detect_d}")
+        if (self.att_window_back < 0) != (self.att_window_ahead < 0):
+            raise ValueError(
+                "windowed decoding needs both att_window_back and att_window_ahead (frames >= 0), got "
+                f"{self.att_window_back} and {self.att_window_ahead}; -1 and -1 = global attention"
+            )
+        if not isinstance(self.hard_attention, bool):
+            raise ValueError(f"hard_attention must be true or false, got {self.hard_attention!r}")
+
+    def constraint(self, eos_id: int) -> AttentionConstraint | None:
+        """The decoder's :class:`AttentionConstraint` for these options (None when attention is global and soft)."""
+        window = None if self.att_window_back < 0 else (self.att_window_back, self.att_window_ahead)
+        c = AttentionConstraint(window=window, hard=self.hard_attention, eos_id=eos_id)
+        return c if c.active else None
 
 
 @dataclass(frozen=True)
@@ -215,17 +242,23 @@ class _Member:
     state: Any
     ctc: CTCPrefixScorer | None = None
     ctc_state: CTCPrefixState | None = None
+    constraint: AttentionConstraint | None = None
     _ctc_ext: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False) -> tuple["_Member", Tensor, Tensor]:
+    def start(
+        cls, model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False,
+        opts: DecodingOptions | None = None,
+    ) -> tuple["_Member", Tensor, Tensor]:
         """Encode ``xs_pad (B, T, F)`` and set up ``B x beam`` hypothesis rows, utterance-major (``beam`` None:
-        one row per utterance, memory as it is); also returns ``hs (B, S, D)`` and ``hs_lens (B,)``."""
+        one row per utterance, memory as it is); also returns ``hs (B, S, D)`` and ``hs_lens (B,)``. ``opts``
+        gives the attention constraint (windowed / hard decoding)."""
         hs, hs_lens = model.encode(xs_pad, xs_lens)
         memory = model.decoder.memory(hs, hs_lens)
         if beam is not None:
             memory = memory.select(torch.arange(hs.shape[0], device=hs.device).repeat_interleave(beam))
-        member = cls(model, memory, model.decoder.init_state(memory))
+        constraint = None if opts is None else opts.constraint(model.eos_id)
+        member = cls(model, memory, model.decoder.init_state(memory), constraint=constraint)
         if use_ctc:
             member.ctc = CTCPrefixScorer(ctc_log_probs(model, hs), hs_lens, model.pad_id, model.eos_id, beam or 1)
             member.ctc_state = member.ctc.init_state()
@@ -237,7 +270,7 @@ class _Member:
         Returns the attention log-probabilities ``(N, V)``, the attention weights ``(N, S)`` and, when CTC is
         scored, the prefix-score deltas ``log psi(g + c) - log psi(g)`` ``(N, V)`` (else None).
         """
-        logits, w, self.state = self.model.decoder.step(y, self.state, self.memory)
+        logits, w, self.state = self.model.decoder.step(y, self.state, self.memory, self.constraint)
         logp = torch.log_softmax(logits.float(), -1)
         if self.ctc is None:
             return logp, w, None
@@ -260,11 +293,13 @@ class _Member:
             self.ctc_state = self.ctc.select(*self._ctc_ext, src, tokens)
 
 
-def _start(model: Models, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False) -> tuple[list[_Member], Tensor, Tensor]:
+def _start(
+    model: Models, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False, opts: DecodingOptions | None = None
+) -> tuple[list[_Member], Tensor, Tensor]:
     """Check the members (:func:`ensemble_members`) and start each (:meth:`_Member.start`); returns the members
     and the FIRST member's ``hs (B, S, D)`` and ``hs_lens (B,)``, which set the length limits and the frames
     of the recorded attention."""
-    started = [_Member.start(m, xs_pad, xs_lens, beam, use_ctc) for m in ensemble_members(model, need_ctc=use_ctc)]
+    started = [_Member.start(m, xs_pad, xs_lens, beam, use_ctc, opts) for m in ensemble_members(model, need_ctc=use_ctc)]
     return [m for m, _, _ in started], started[0][1], started[0][2]
 
 
@@ -327,7 +362,7 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
     ValueError
         Ensemble members that do not share the tokenizer's vocabulary and special ids.
     """
-    members, hs, hs_lens = _start(model, xs_pad, xs_lens)
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens, opts=opts)
     first = members[0].model
     b = hs.shape[0]
     max_lens = _max_lens(hs_lens, opts)
@@ -417,7 +452,7 @@ def forced_attention(member: "_Member", rows: Tensor, hyps: list[list[int]], hs_
             inputs[i, 1 : len(h) + 1] = torch.tensor(h, dtype=torch.long, device=dev)
     ws = []
     for t in range(n_steps):
-        _, w, state = model.decoder.step(inputs[:, t], state, memory)
+        _, w, state = model.decoder.step(inputs[:, t], state, memory, member.constraint)
         ws.append(w.float().cpu())
     att = torch.stack(ws, 1)  # (B, steps, S)
     return [att[i, : len(h) + int(e), : int(hs_lens[i])] for i, (h, e) in enumerate(zip(hyps, with_eos))]
@@ -465,7 +500,7 @@ def beam_search(
     lam = float(opts.ctc_weight)
     if use_ctc is None:
         use_ctc = lam > 0
-    members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc)
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc, opts)
     memory0 = members[0].memory  # every utterance's rows, for forced_attention after rows are dropped
     first = members[0].model  # its special ids are every member's
     b = hs.shape[0]
@@ -597,6 +632,13 @@ def _from_string(name: str, value: Any) -> Any:
     option when the string is no such number)."""
     if not isinstance(value, str):
         return value
+    if {f.name: f.type for f in fields(DecodingOptions)}[name] in (bool, "bool"):
+        low = value.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
     kind = int if {f.name: f.type for f in fields(DecodingOptions)}[name] in (int, "int") else float
     try:
         return kind(value.strip())

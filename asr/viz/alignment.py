@@ -100,6 +100,28 @@ def _draw(
     return im
 
 
+def window_bounds(weights: np.ndarray, back: int, ahead: int) -> np.ndarray:
+    """``(U, 2)`` first and last encoder frame of each step's window in windowed decoding (around the previous
+    row's peak, frame 0 for the first row; :func:`asr.models.decoders.rnn.attention_window`) for ``weights (U, S)``."""
+    import torch
+
+    from asr.models.decoders.rnn import attention_window
+
+    w = np.asarray(weights)
+    peaks = torch.from_numpy(np.concatenate([[0], w.argmax(-1)[:-1]]).astype(np.int64))
+    lo, width = attention_window(peaks, back, ahead, w.shape[1])
+    lo = lo.numpy()
+    return np.stack([lo, lo + width - 1], -1)
+
+
+def _draw_window(ax: matplotlib.axes.Axes, bounds: np.ndarray, seconds_per_frame: float) -> None:
+    """Outline each row's window (``bounds (U, 2)`` frames, inclusive) as a step line on both edges."""
+    rows = np.arange(len(bounds) + 1) - 0.5
+    for edge, shift in ((bounds[:, 0], 0), (bounds[:, 1], 1)):
+        x = (np.append(edge, edge[-1]) + shift) * seconds_per_frame
+        ax.step(x, rows, where="post", color="tab:red", linewidth=0.8, alpha=0.9)
+
+
 def _fig_height(n_rows: int, title: str) -> float:
     return float(np.clip(1.5 + 0.16 * n_rows, 3.0, 18.0)) + 0.2 * (title.count("\n") + 1 if title else 0)
 
@@ -110,6 +132,7 @@ def alignment_figure(
     frame_shift_s: float = 0.01,
     subsampling: int = 1,
     title: str = "",
+    window: tuple[int, int] | None = None,
 ) -> Figure:
     """Heat map of one attention matrix.
 
@@ -125,6 +148,9 @@ def alignment_figure(
         Encoder time reduction factor; one encoder frame lasts ``frame_shift_s * subsampling`` s.
     title : str
         Figure title; long lines are wrapped.
+    window : (a, b), optional
+        Windowed decoding's ``att_window_back``/``att_window_ahead`` (encoder frames): each row's window is
+        outlined in red (:func:`window_bounds`).
 
     Returns
     -------
@@ -142,6 +168,10 @@ def alignment_figure(
     fig = Figure(figsize=(10.0, _fig_height(U, title)), layout="constrained")
     ax = fig.subplots()
     im = _draw(ax, w, tokens, frame_shift_s * subsampling)
+    if window is not None:
+        _draw_window(ax, window_bounds(w, *window), frame_shift_s * subsampling)
+        ax.set_xlim(0.0, w.shape[1] * frame_shift_s * subsampling)
+        ax.set_ylim(U - 0.5, -0.5)
     ax.set_xlabel("time (s)")
     fig.colorbar(im, ax=ax, label="attention weight", pad=0.01)
     if title:
@@ -164,12 +194,13 @@ def plot_alignment(
     frame_shift_s: float = 0.01,
     subsampling: int = 1,
     title: str = "",
+    window: tuple[int, int] | None = None,
 ) -> Path:
     """Save `alignment_figure` as a PNG (dpi 120) at ``out_path`` (parents created).
 
     Returns the path written. Raises ``ValueError`` as `alignment_figure`.
     """
-    fig = alignment_figure(weights, tokens, frame_shift_s, subsampling, title)
+    fig = alignment_figure(weights, tokens, frame_shift_s, subsampling, title, window)
     return _save_png(fig, out_path)
 
 

@@ -5,7 +5,9 @@ from asr.models.attention.scorers import (  # noqa: F401
     DotAttention,
     GeneralAttention,
     LocationAttention,
+    LocalAttention,
     LocationAwareAttention,
     MultiHeadAttention,
     build_attention,
+    harden,
 )

@@ -1,4 +1,21 @@
-"""LSTM attention decoder with input feeding (Luong et al. 2015; Chan et al. 2016)."""
+"""LSTM attention decoder with input feeding (Luong et al. 2015; Chan et al. 2016).
+
+Inference-time attention constraints (:class:`AttentionConstraint`, set from the decoding options) apply to any
+trained scorer:
+
+- **windowed (monotonic) decoding**: output step ``t`` attends only to the encoder frames
+  ``[m_{t-1} - a, m_{t-1} + b]``, ``m_{t-1}`` the peak (argmax) of the previous step's weights (``m_0 = 0``:
+  decoding starts at the first frame). This is Chorowski et al. 2015's windowing (arXiv 1506.07503, §2.4,
+  around the median of ``alpha_{t-1}``; the argmax is ESPnet's ``AttentionConstraint`` choice in Tacotron 2
+  decoding, ``espnet.nets.pytorch_backend.rnn.attentions``). The frames are gathered, so a step costs ``O(a + b)``
+  instead of ``O(S)``: the scorer runs on ``(B, a + b + 1)`` tensors (at the edges the window keeps its width,
+  shifted inside ``[0, S)``). The weights are scattered back into ``(B, S)`` (zero outside the window). For
+  ``location_aware`` the convolution over the previous weights sees the window only (zero beyond its edges). A
+  window that covers the whole utterance gives exactly the unconstrained result. eos is allowed only once the
+  window reaches the utterance's last frame, so a hypothesis cannot end before its attention has crossed the
+  recording (what lets one model trained on 3-s utterances transcribe minutes; see recipes/an4/README.md).
+- **hard attention** (argmax context, :func:`asr.models.attention.harden`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +25,42 @@ import torch
 from torch import Tensor, nn
 
 from asr.models.attention import Attention
+
+
+@dataclass(frozen=True)
+class AttentionConstraint:
+    """Inference-time attention settings (module docstring).
+
+    Attributes
+    ----------
+    window : tuple of int or None
+        ``(a, b)``: encoder frames before / after the previous peak (both >= 0); None = global attention.
+    hard : bool
+        Argmax (hard) attention context.
+    eos_id : int or None
+        With a window: this token's logit is ``-inf`` until the window reaches the utterance's last frame.
+    """
+
+    window: tuple[int, int] | None = None
+    hard: bool = False
+    eos_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None and (len(self.window) != 2 or min(self.window) < 0):
+            raise ValueError(f"attention window must be two frame counts >= 0 (back, ahead), got {self.window}")
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything."""
+        return self.window is not None or self.hard
+
+
+def attention_window(peak: Tensor, back: int, ahead: int, num_frames: int) -> tuple[Tensor, int]:
+    """First frame ``lo (B,)`` and width ``W`` of the windows ``[peak - back, peak + ahead]`` kept at full width
+    ``W = min(back + ahead + 1, num_frames)`` inside ``[0, num_frames)`` (shifted at the edges); ``peak (B,)``
+    int64 frames. Used by windowed decoding and by the plots that draw its windows."""
+    width = min(back + ahead + 1, num_frames)
+    return (peak - back).clamp(min=0).clamp(max=num_frames - width), width
 
 
 @dataclass
@@ -111,13 +164,17 @@ class RNNAttentionDecoder(nn.Module):
         z = memory.keys.new_zeros(self.num_layers, b, self.hidden_size)
         return DecoderState(z, z.clone(), memory.keys.new_zeros(b, self.hidden_size), self.attention.init_state(memory.mask))
 
-    def step(self, y_prev: Tensor, state: DecoderState, memory: EncoderMemory) -> tuple[Tensor, Tensor, DecoderState]:
+    def step(
+        self, y_prev: Tensor, state: DecoderState, memory: EncoderMemory, constraint: AttentionConstraint | None = None
+    ) -> tuple[Tensor, Tensor, DecoderState]:
         """One output step.
 
         Parameters
         ----------
         y_prev : Tensor
             ``(B,)`` int64 previous tokens (``sos`` at the first step).
+        constraint : AttentionConstraint, optional
+            Windowed and/or hard attention (decoding; module docstring).
 
         Returns
         -------
@@ -132,10 +189,37 @@ class RNNAttentionDecoder(nn.Module):
             hs.append(h)
             cs.append(c)
             x = self.dropout(h) if i + 1 < self.num_layers else h
-        context, weights, att_state = self.attention(x, memory.keys, memory.proj, memory.mask, state.att_state)
+        if constraint is None or constraint.window is None:
+            hard = constraint is not None and constraint.hard
+            context, weights, att_state = self.attention(x, memory.keys, memory.proj, memory.mask, state.att_state, hard)
+            ends = None
+        else:
+            context, weights, att_state, ends = self._attend_window(x, state.att_state, memory, constraint)
         att_hidden = torch.tanh(self.W_c(torch.cat([context, x], dim=-1)))
         logits = self.output(self.dropout(att_hidden))
+        if ends is not None and constraint.eos_id is not None:
+            logits[:, constraint.eos_id] = logits[:, constraint.eos_id].masked_fill(~ends, float("-inf"))
         return logits, weights, DecoderState(torch.stack(hs), torch.stack(cs), att_hidden, att_state)
+
+    def _attend_window(
+        self, query: Tensor, att_state: Tensor, memory: EncoderMemory, constraint: AttentionConstraint
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Attention over the window ``[m - a, m + b]`` around the previous peak ``m`` (module docstring).
+
+        Returns ``context (B, Dk)``, ``weights (B, S)`` and the state ``(B, S)`` scattered from the window, and
+        ``reaches_end (B,)`` bool: the window holds the utterance's last valid frame."""
+        b, s, dk = memory.keys.shape
+        lo, width = attention_window(att_state[:, :s].argmax(-1), *constraint.window, s)  # uniform initial state: peak 0
+        idx = lo[:, None] + torch.arange(width, device=lo.device)[None, :]  # (B, W)
+        keys = memory.keys.gather(1, idx[:, :, None].expand(-1, -1, dk))
+        proj = None if memory.proj is None else memory.proj.gather(1, idx[:, :, None].expand(-1, -1, memory.proj.shape[-1]))
+        context, w, st = self.attention.forward_window(
+            query, keys, proj, memory.mask.gather(1, idx), att_state.gather(1, idx), idx, constraint.hard
+        )
+        weights = w.new_zeros(b, s).scatter(1, idx, w)
+        new_state = st.new_zeros(b, s).scatter(1, idx, st)
+        reaches_end = (lo + width) >= memory.mask.sum(-1)
+        return context, weights, new_state, reaches_end
 
     def forward(self, hs: Tensor, hs_lens: Tensor, ys_in: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.

@@ -163,8 +163,12 @@ class TransformerDecoder(nn.Module):
         empty = memory.k.new_zeros(self.num_layers, b, h, 0, dk)
         return TransformerDecoderState(empty, empty.clone())
 
-    def step(self, y_prev: Tensor, state: TransformerDecoderState, memory: TransformerMemory) -> tuple[Tensor, Tensor, TransformerDecoderState]:
+    def step(self, y_prev: Tensor, state: TransformerDecoderState, memory: TransformerMemory, constraint=None) -> tuple[Tensor, Tensor, TransformerDecoderState]:
         """Decode one position from the cache.
+
+        ``constraint`` (windowed / hard attention, :class:`asr.models.decoders.rnn.AttentionConstraint`) is not
+        implemented for the Transformer decoder's multi-layer, multi-head cross-attention: an active one raises
+        ValueError.
 
         Parameters
         ----------
@@ -180,6 +184,11 @@ class TransformerDecoder(nn.Module):
         weights : Tensor ``(B, S)`` last layer's cross-attention, mean over heads
         state : TransformerDecoderState with ``t + 1`` positions
         """
+        if constraint is not None and constraint.active:
+            raise ValueError(
+                "windowed and hard attention decoding (att_window_back/att_window_ahead, hard_attention) are implemented "
+                "for the RNN attention decoder only, not for the Transformer decoder"
+            )
         x = self._embed(y_prev[:, None], state.length)
         mask = memory.mask[:, None, None, :]
         ks, vs, w = [], [], None
