@@ -12,11 +12,11 @@
 2. Long recordings (``--long``, seconds): the test set's audio concatenated in ``wav.scp`` order (whole
    utterances, the list repeated as needed, reference = their transcripts joined) into one recording of at least
    that length, fbank over the whole recording, decoded as ONE utterance (no segmentation) by global and by
-   windowed (``--long_window``) attention-only greedy search. Each decode runs in a child process that reports
+   windowed (each ``a:b`` of ``--long_window``) attention-only greedy search. Each decode runs in a child process that reports
    its wall time and peak memory above what it held before decoding (``VmHWM`` after ``clear_refs``, Linux).
    Joint CTC decoding is not used here: the CTC prefix scorer is O(T) per step over the whole recording.
 
-``--plot_dir D`` also writes the attention of global and windowed (``--long_window``) greedy decoding, the window
+``--plot_dir D`` also writes the attention of global and windowed (the first ``--long_window``) greedy decoding, the window
 outlined in red, for the first test utterance (``D/window_<utt>.png``, ``D/global_<utt>.png``) and for the
 shortest long recording (``D/long_<s>s_{global,window}.png``).
 
@@ -123,7 +123,7 @@ def _plots(a: argparse.Namespace, model, tok, name: str, x: torch.Tensor, title:
     """Global and windowed greedy attention of one utterance ``x (T, 80)`` as PNGs in ``a.plot_dir``."""
     from asr.viz.alignment import plot_alignment
 
-    win = tuple(int(v) for v in a.long_window.split(":"))
+    win = tuple(int(v) for v in a.long_window.split(",")[0].split(":"))
     for mode, extra in (("global", {}), ("window", {"att_window_back": win[0], "att_window_ahead": win[1]})):
         opts = resolve_options(model, {"beam_size": 1, "ctc_weight": 0.0, **extra})
         (h,) = decode_batch(model, x[None], torch.tensor([x.shape[0]]), opts)
@@ -174,7 +174,7 @@ def long_recordings(a: argparse.Namespace, model, tok, fbank) -> None:
         torch.save(feats, path)
         if a.plot_dir and sec == min(float(s) for s in a.long.split(",") if s):
             _plots(a, model, tok, f"long_{int(sec)}s", feats, f"{dur:.0f} s of AN4 test audio ({n_utt} utterances)")
-        for mode in ("global", a.long_window):
+        for mode in ("global", *a.long_window.split(",")):
             out = subprocess.run(
                 [sys.executable, __file__, "--model", a.model, "--child", str(path), "--child_window", mode, "--threads", str(a.threads)],
                 capture_output=True, text=True,
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--windows", default="4:12,8:24,16:48", help="a:b windows (encoder frames before:after the previous peak)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--long", default="", help="comma-separated long-recording lengths in seconds ('' = skip)")
-    ap.add_argument("--long_window", default="8:24")
+    ap.add_argument("--long_window", default="8:24", help="comma-separated a:b windows for the long recordings (the first is plotted)")
     ap.add_argument("--work", default="/tmp/bench_window")
     ap.add_argument("--plot_dir", default="", help="write attention plots with the window outlined here")
     ap.add_argument("--threads", type=int, default=1)

@@ -77,7 +77,12 @@ def _decoding(setting: str, meta: dict) -> str:
     stems = list(dict.fromkeys(Path(c).stem for c in meta.get("ensemble", [meta["checkpoint"]])))
     ckpt = " + ".join(stems)
     lp = float(meta["length_penalty"])
-    return f"{how}, beam {meta['beam_size']}{'' if lp == DEFAULTS.length_penalty else f', lp {lp:g}'}, {ckpt}"
+    extra = ""
+    if int(meta.get("att_window_back", -1)) >= 0:
+        extra += f", window {meta['att_window_back']}:{meta['att_window_ahead']}"
+    if meta.get("hard_attention"):
+        extra += ", hard attention"
+    return f"{how}, beam {meta['beam_size']}{'' if lp == DEFAULTS.length_penalty else f', lp {lp:g}'}{extra}, {ckpt}"
 
 
 def _ensemble_row(exp_root: Path, folder: Path, setting: str, meta: dict, dev: dict, test: dict) -> str:
@@ -141,15 +146,19 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
                 model += f" ({meta['attention']})"
             experiment, tag = _label(exp)
             targs = _train_args(exp)
-            m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_lp([\d.]+))?(?:_avg(\d+))?$", setting)
-            beam, ctc, lp, avg = (
-                (m.group(1), m.group(2) or "0", m.group(3), m.group(4) or "0")
+            m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_lp([\d.]+))?(?:_win(\d+)-(\d+))?(_hard)?(?:_avg(\d+))?$", setting)
+            beam, ctc, lp, win, hard, avg = (
+                (m.group(1), m.group(2) or "0", m.group(3), m.group(4) and f"{m.group(4)}:{m.group(5)}", m.group(6), m.group(7) or "0")
                 if m
-                else (meta["beam_size"], meta.get("ctc_weight", 0), None, 0)
+                else (meta["beam_size"], meta.get("ctc_weight", 0), None, None, None, 0)
             )
             cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
             if lp is not None:
                 cmd += f" --length_penalty {lp}"
+            if win:
+                cmd += f" --att_window {win}"
+            if hard:
+                cmd += " --hard_attention true"
             label = experiment
             if tag:
                 cmd += f" --tag {tag}"

@@ -90,3 +90,13 @@ def test_ensemble_decode_gives_a_row_with_the_asr_decode_command(tmp_path):
         "&& asr-score decode_dir=exp/ensemble_x4_x8/decode_{split}_beam10_ctc0.3"
     )
     assert cells[12] == "`" + decode.format(data="train_dev", split="dev") + " && " + decode.format(data="test", split="test") + "`"
+
+
+def test_windowed_and_hard_decodes_get_their_run_sh_options(tmp_path):
+    exp = _experiment(tmp_path, "an4_pblstm_location_aware_x4_noaug", "- experiment=an4/location_aware_x4_noaug\n- threads=1\n", 6148742, 16, 900.0)
+    for split in ("dev", "test"):
+        _decode_dir(exp / f"decode_{split}_beam10_ctc0.3_win8-24_avg5", 17.0, 10.0, att_window_back=8, att_window_ahead=24)
+        _decode_dir(exp / f"decode_{split}_beam10_ctc0.3_hard_avg5", 18.0, 11.0, hard_attention=True)
+    hard, win = _load().rows(tmp_path, None)
+    assert "| joint λ=0.3, beam 10, window 8:24, avg5 |" in win and "--average 5 --att_window 8:24" in win
+    assert "| joint λ=0.3, beam 10, hard attention, avg5 |" in hard and "--average 5 --hard_attention true" in hard

@@ -160,6 +160,9 @@ def plot_decode_dir(
     if not selected:
         return []
     stats = _word_stats([by_id[u] for u in selected])
+    # a windowed decode (meta.json records every search option) gets its windows outlined
+    back, ahead = int(meta.get("att_window_back", -1)), int(meta.get("att_window_ahead", -1))
+    window = (back, ahead) if back >= 0 and ahead >= 0 else None
     paths = []
     for u in selected:
         w, tokens = _attention(u, by_id[u], d)
@@ -171,6 +174,7 @@ def plot_decode_dir(
                 frame_shift_s=float(meta["frame_shift_s"]),
                 subsampling=int(meta["subsampling"]),
                 title=_title(stats[u]),
+                window=window,
             )
         )
     return paths

@@ -31,6 +31,9 @@ read -r beam_size ctc_weight length_penalty default_lp < <(python -c 'from asr.d
 average=5              # average the N kept epoch checkpoints for decoding (0 = decode best.ckpt)
 train_args=""          # extra Hydra overrides for asr-train, e.g. "trainer.max_epochs=5"
 decode_args=""         # extra Hydra overrides for asr-decode
+att_window=""          # a:b = windowed (monotonic) decoding: attend to frames [peak - a, peak + b] around the previous
+                       # step's attention peak (RNN decoder; decode folders say _win<a>-<b>)
+hard_attention=false   # true = argmax (hard) attention context at decoding (decode folders say _hard)
 tag=""                 # suffix of the experiment folder (exp/<name><tag>), e.g. _smoke
 ensemble=""            # more trained experiment folders decoded together with this one (a model ensemble), e.g.
                        # "exp/an4_pblstm_location_aware_x4"; their avg<N>/best checkpoints join stage 5's
@@ -51,6 +54,8 @@ while [ $# -gt 0 ]; do
         --length_penalty) length_penalty="$2"; shift 2 ;;
         --train_args) train_args="$2"; shift 2 ;;
         --decode_args) decode_args="$2"; shift 2 ;;
+        --att_window) att_window="$2"; shift 2 ;;
+        --hard_attention) hard_attention="$2"; shift 2 ;;
         --tag) tag="$2"; shift 2 ;;
         --ensemble) ensemble="$2"; shift 2 ;;
         --ensemble_name) ensemble_name="$2"; shift 2 ;;
@@ -110,6 +115,12 @@ fi
 dtag="beam${beam_size}"
 [ "${ctc_weight}" != 0 ] && [ "${ctc_weight}" != 0.0 ] && dtag="${dtag}_ctc${ctc_weight}"
 [ "${length_penalty}" != "${default_lp}" ] && dtag="${dtag}_lp${length_penalty}"
+if [ -n "${att_window}" ]; then
+    [[ "${att_window}" =~ ^[0-9]+:[0-9]+$ ]] || { echo "run.sh: --att_window must be a:b (encoder frames), got ${att_window}" >&2; exit 2; }
+    dtag="${dtag}_win${att_window/:/-}"
+    decode_args="${decode_args} att_window_back=${att_window%%:*} att_window_ahead=${att_window##*:}"
+fi
+if [ "${hard_attention}" = true ]; then dtag="${dtag}_hard"; decode_args="${decode_args} hard_attention=true"; fi
 ckpt="${exp_dir}/checkpoints/best.ckpt"
 if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
 # An ensemble (--ensemble): the members' checkpoints of the same kind (avg<N> or best), decode folders of its own.
