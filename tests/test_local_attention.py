@@ -274,3 +274,40 @@ def test_hard_decoding_of_the_trained_model(shipped):
         assert ((h.attention == 0) | (h.attention == 1)).all() and (h.attention.sum(-1) == 1).all()
     same = sum(a.tokens == b.tokens for a, b in zip(soft, hard))
     assert same >= 2, [(a.tokens, b.tokens) for a, b in zip(soft, hard)]
+
+
+def _tiny_model(att: dict, seed: int = 0):
+    from asr.models.asr_model import build_model
+
+    torch.manual_seed(seed)
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 32, "num_layers": 2, "subsample": [2, 2], "dropout": 0.0}, "attention": att,
+           "decoder": {"type": "rnn", "embed_dim": 16, "hidden_size": 32}, "label_smoothing": 0.0}
+    model = build_model(cfg, vocab_size=12, sos_id=2, eos_id=3, pad_id=0).eval()
+    with torch.no_grad():  # sharpen the output layer so that hypotheses differ between utterances; eos less likely
+        model.decoder.output.weight.mul_(8.0)
+        model.decoder.output.bias[3] -= 2.0
+    return model
+
+
+@pytest.mark.parametrize("att,extra", [
+    ({"type": "local_m", "base": "location_aware", "att_dim": 32, "kernel_size": 5, "window": 4, "ratio": 3.0}, {}),
+    ({"type": "local_p", "base": "additive", "att_dim": 32, "window": 4, "p_dim": 16}, {}),
+    ({"type": "location_aware", "att_dim": 32, "kernel_size": 5}, {"att_window_back": 3, "att_window_ahead": 6}),
+    ({"type": "location_aware", "att_dim": 32, "kernel_size": 5}, {"hard_attention": True}),
+])
+def test_local_windowed_hard_beam_search_batched_equals_single_and_beam1_equals_greedy(batch, att, extra):
+    """Real AN4 fbank, B x K hypotheses in one tensor program: each utterance's result is the one it gets alone."""
+    model = _tiny_model(att)
+    xs, lens = batch
+    one = DecodingOptions(beam_size=1, max_len_ratio=1.0, length_penalty=0.0, ctc_weight=0.0, **extra)
+    g, b1 = greedy_search(model, xs, lens, one), beam_search(model, xs, lens, one)
+    assert [h.tokens for h in g] == [h.tokens for h in b1]
+    torch.testing.assert_close([h.attention for h in g], [h.attention for h in b1])
+    opts = DecodingOptions(beam_size=4, max_len_ratio=1.0, length_penalty=1.0, ctc_weight=0.0, **extra)
+    batched = beam_search(model, xs, lens, opts)
+    assert any(len(h.tokens) > 2 for h in batched)
+    for i in range(xs.shape[0]):
+        single = beam_search(model, xs[i : i + 1, : lens[i]], lens[i : i + 1], opts)[0]
+        assert single.tokens == batched[i].tokens
+        assert single.norm_score == pytest.approx(batched[i].norm_score, abs=1e-4)
+        torch.testing.assert_close(single.attention, batched[i].attention, atol=1e-5, rtol=1e-4)
