@@ -292,7 +292,7 @@ def _tiny_model(att: dict, seed: int = 0):
 @pytest.mark.parametrize("att,extra", [
     ({"type": "local_m", "base": "location_aware", "att_dim": 32, "kernel_size": 5, "window": 4, "ratio": 3.0}, {}),
     ({"type": "local_p", "base": "additive", "att_dim": 32, "window": 4, "p_dim": 16}, {}),
-    ({"type": "location_aware", "att_dim": 32, "kernel_size": 5}, {"att_window_back": 3, "att_window_ahead": 6}),
+    ({"type": "location_aware", "att_dim": 32, "kernel_size": 5}, {"att_window_back": 3, "att_window_ahead": 6, "att_window_restart": False}),
     ({"type": "location_aware", "att_dim": 32, "kernel_size": 5}, {"hard_attention": True}),
 ])
 def test_local_windowed_hard_beam_search_batched_equals_single_and_beam1_equals_greedy(batch, att, extra):
@@ -311,3 +311,30 @@ def test_local_windowed_hard_beam_search_batched_equals_single_and_beam1_equals_
         assert single.tokens == batched[i].tokens
         assert single.norm_score == pytest.approx(batched[i].norm_score, abs=1e-4)
         torch.testing.assert_close(single.attention, batched[i].attention, atol=1e-5, rtol=1e-4)
+
+
+def test_windowed_greedy_restarts_at_an_early_eos(batch):
+    """An eos before the window reaches the last frame starts a new utterance there (greedy search): the
+    hypothesis goes on to the end of the audio, restart steps emit no token and get no attention row; without
+    restarts that eos is blocked; a (re)start must emit a token before it may end again."""
+    model = _tiny_model({"type": "location_aware", "att_dim": 32, "kernel_size": 5})
+    with torch.no_grad():
+        model.decoder.output.bias[3] += 6.0  # eos is the model's favourite token after the first one
+    xs, lens = batch
+    enc_lens = model.encoder.output_lengths(lens)
+    base = dict(beam_size=1, max_len_ratio=1.0, length_penalty=0.0, ctc_weight=0.0, att_window_back=1, att_window_ahead=3)
+    free = greedy_search(model, xs, lens, DecodingOptions(**{k: v for k, v in base.items() if not k.startswith("att_")}))
+    assert max(len(h.tokens) for h in free) <= 2  # unconstrained: the model ends at once
+    rs = greedy_search(model, xs, lens, DecodingOptions(**base))
+    block = greedy_search(model, xs, lens, DecodingOptions(**base, att_window_restart=False))
+    for h_rs, h_block, s in zip(rs, block, enc_lens.tolist()):
+        assert h_rs.attention.shape[0] in (len(h_rs.tokens), len(h_rs.tokens) + 1)
+        assert eos_free(h_rs.tokens) and eos_free(h_block.tokens)
+        assert len(h_rs.tokens) > 3
+        if h_rs.attention.shape[0] == len(h_rs.tokens) + 1:  # it ended with eos: its window held the last frame
+            assert h_rs.attention[-1].nonzero().min() >= s - 5
+    assert [h.tokens for h in rs] != [h.tokens for h in block]
+
+
+def eos_free(tokens):
+    return 3 not in tokens

@@ -74,9 +74,13 @@ class DecodingOptions:
         End detection's log-score margin (<= 0).
     att_window_back, att_window_ahead : int
         Windowed (monotonic) decoding: each step attends only to the encoder frames from ``att_window_back``
-        before to ``att_window_ahead`` after the previous step's attention peak, and eos waits until that
-        window reaches the last frame (:mod:`asr.models.decoders.rnn`); -1 and -1 (default) = global attention.
-        RNN attention decoders only.
+        before to ``att_window_ahead`` after the previous step's attention peak (:mod:`asr.models.decoders.rnn`);
+        -1 and -1 (default) = global attention. RNN attention decoders only.
+    att_window_restart : bool
+        With a window, in greedy search: an eos before the window reaches the last frame restarts the decoder
+        there (a new utterance inside a long recording; :meth:`~asr.models.decoders.rnn.RNNAttentionDecoder.restart`),
+        provided a token was emitted since the last (re)start (else eos is blocked, so decoding always advances).
+        False, and always in beam search: that eos is blocked until the window reaches the last frame.
     hard_attention : bool
         Argmax (hard) attention context at every step (:func:`asr.models.attention.harden`). RNN attention
         decoders only.
@@ -91,6 +95,7 @@ class DecodingOptions:
     end_detect_d: float = -10.0
     att_window_back: int = -1
     att_window_ahead: int = -1
+    att_window_restart: bool = True
     hard_attention: bool = False
 
     def __post_init__(self) -> None:
@@ -131,13 +136,21 @@ class DecodingOptions:
                 "windowed decoding needs both att_window_back and att_window_ahead (frames >= 0), got "
                 f"{self.att_window_back} and {self.att_window_ahead}; -1 and -1 = global attention"
             )
-        if not isinstance(self.hard_attention, bool):
-            raise ValueError(f"hard_attention must be true or false, got {self.hard_attention!r}")
+        for name in ("hard_attention", "att_window_restart"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
-    def constraint(self, eos_id: int) -> AttentionConstraint | None:
-        """The decoder's :class:`AttentionConstraint` for these options (None when attention is global and soft)."""
-        window = None if self.att_window_back < 0 else (self.att_window_back, self.att_window_ahead)
-        c = AttentionConstraint(window=window, hard=self.hard_attention, eos_id=eos_id)
+    @property
+    def windowed(self) -> bool:
+        """Whether attention is windowed (``att_window_back``/``att_window_ahead`` set)."""
+        return self.att_window_back >= 0
+
+    def constraint(self, eos_id: int, greedy: bool = False) -> AttentionConstraint | None:
+        """The decoder's :class:`AttentionConstraint` for these options (None when attention is global and soft);
+        eos is blocked before the window's end unless ``greedy`` search restarts there (``att_window_restart``)."""
+        window = (self.att_window_back, self.att_window_ahead) if self.windowed else None
+        block = None if greedy and self.att_window_restart else eos_id
+        c = AttentionConstraint(window=window, hard=self.hard_attention, eos_id=block)
         return c if c.active else None
 
 
@@ -257,7 +270,7 @@ class _Member:
         memory = model.decoder.memory(hs, hs_lens)
         if beam is not None:
             memory = memory.select(torch.arange(hs.shape[0], device=hs.device).repeat_interleave(beam))
-        constraint = None if opts is None else opts.constraint(model.eos_id)
+        constraint = None if opts is None else opts.constraint(model.eos_id, greedy=beam is None)
         member = cls(model, memory, model.decoder.init_state(memory), constraint=constraint)
         if use_ctc:
             member.ctc = CTCPrefixScorer(ctc_log_probs(model, hs), hs_lens, model.pad_id, model.eos_id, beam or 1)
@@ -370,25 +383,38 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
     done = torch.zeros(b, dtype=torch.bool, device=hs.device)
     scores = hs.new_zeros(b)
     toks, atts = [], []
+    restarts = opts.windowed and opts.att_window_restart
+    since = torch.zeros(b, dtype=torch.long, device=hs.device)  # tokens emitted since the last (re)start
     for t in range(int(max_lens.max())):
         logp, w = _ensemble_step(members, y, 0.0)
         logp = _mask_special(logp, first)
+        if restarts:  # a (re)started utterance emits a token before it may end again: decoding always advances
+            logp[:, first.eos_id] = logp[:, first.eos_id].masked_fill(~members[0].state.window_end & (since == 0), float("-inf"))
         best_lp, y = logp.max(-1)
         active = ~done
         scores = scores + best_lp * active
-        toks.append(torch.where(active, y, torch.full_like(y, -1)))
+        is_eos = y == first.eos_id
+        # windowed decoding: eos before the window reached the last frame = a new utterance starts there
+        restart = active & is_eos & ~members[0].state.window_end if restarts else torch.zeros_like(done)
+        toks.append(torch.where(active & ~restart, y, torch.full_like(y, -1)))
         atts.append(w)
-        done = done | (y == first.eos_id) | (t + 1 >= max_lens)
+        done = done | (is_eos & ~restart) | (t + 1 >= max_lens)
         if bool(done.all()):
             break
+        since = torch.where(restart, torch.zeros_like(since), since + 1)
+        if bool(restart.any()):
+            for m in members:
+                m.state = m.model.decoder.restart(m.state, restart)
+            y = torch.where(restart, torch.full_like(y, first.sos_id), y)
     toks_t, atts_t = torch.stack(toks, 1).cpu(), torch.stack(atts, 1).cpu()
     out = []
     for i in range(b):
-        seq = [int(v) for v in toks_t[i] if v >= 0]
+        kept = toks_t[i] >= 0  # the steps that emitted a token (restart steps emit none)
+        seq = toks_t[i][kept].tolist()
         n = len(seq)  # includes eos if emitted
         tokens = seq[:-1] if seq and seq[-1] == first.eos_id else seq
         s = float(scores[i])
-        out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i, :n, : int(hs_lens[i])]))
+        out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i][kept][:, : int(hs_lens[i])]))
     return out
 
 

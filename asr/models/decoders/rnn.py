@@ -11,9 +11,17 @@ trained scorer:
   instead of ``O(S)``: the scorer runs on ``(B, a + b + 1)`` tensors (at the edges the window keeps its width,
   shifted inside ``[0, S)``). The weights are scattered back into ``(B, S)`` (zero outside the window). For
   ``location_aware`` the convolution over the previous weights sees the window only (zero beyond its edges). A
-  window that covers the whole utterance gives exactly the unconstrained result. eos is allowed only once the
-  window reaches the utterance's last frame, so a hypothesis cannot end before its attention has crossed the
-  recording (what lets one model trained on 3-s utterances transcribe minutes; see recipes/an4/README.md).
+  window that covers the whole utterance gives exactly the unconstrained result. An eos before the window
+  reaches the utterance's last frame is either blocked (``eos_id`` set: its logit is -inf there; beam search)
+  or, in greedy search, a *restart*: the model ended one utterance inside a longer recording, so the decoder
+  state is reset (:meth:`RNNAttentionDecoder.restart`: zero LSTM state and input feed, the attention state a
+  one-hot at the last peak) and decoding goes on with ``sos`` from that position.
+
+  ``a`` decides whether the search is monotonic: with ``a = 0`` the window starts at the previous peak, so peaks
+  never decrease; a few frames of slack (``a`` = 1-2, 40-80 ms at ×4) still cannot re-read a word. On AN4 test audio
+  concatenated into 2-5 minute recordings the recipe's model loops (re-reading the same word forever) with
+  ``a`` >= 4 and decodes them at about 30 % WER with ``a = 2`` (recipes/an4/README.md, "Local, windowed and hard
+  attention").
 - **hard attention** (argmax context, :func:`asr.models.attention.harden`).
 """
 
@@ -75,12 +83,15 @@ class DecoderState:
         ``(B, H)`` attentional hidden state ``a_{t-1} = tanh(W_c [c_{t-1}; h_{t-1}])`` fed back as input.
     att_state : Tensor
         ``(B, S)`` the attention mechanism's state (previous weights).
+    window_end : Tensor or None
+        ``(B,)`` bool, windowed decoding only: the last step's window held the utterance's last frame.
     """
 
     h: Tensor
     c: Tensor
     att_hidden: Tensor
     att_state: Tensor
+    window_end: Tensor | None = None
 
     def select(self, idx: Tensor) -> "DecoderState":
         """Reorder / repeat along the batch axis (beam search): ``idx (B',)`` int64 → state with batch B'."""
@@ -89,6 +100,7 @@ class DecoderState:
             c=self.c.index_select(1, idx),
             att_hidden=self.att_hidden.index_select(0, idx),
             att_state=self.att_state.index_select(0, idx),
+            window_end=None if self.window_end is None else self.window_end.index_select(0, idx),
         )
 
 
@@ -199,7 +211,22 @@ class RNNAttentionDecoder(nn.Module):
         logits = self.output(self.dropout(att_hidden))
         if ends is not None and constraint.eos_id is not None:
             logits[:, constraint.eos_id] = logits[:, constraint.eos_id].masked_fill(~ends, float("-inf"))
-        return logits, weights, DecoderState(torch.stack(hs), torch.stack(cs), att_hidden, att_state)
+        return logits, weights, DecoderState(torch.stack(hs), torch.stack(cs), att_hidden, att_state, ends)
+
+    def restart(self, state: DecoderState, rows: Tensor) -> DecoderState:
+        """Start a new utterance in the rows ``rows (B,)`` bool of ``state`` where attention last peaked: zero LSTM
+        state and input feed, attention state one-hot at the peak of the previous weights (windowed decoding of
+        long recordings, module docstring). Other rows are unchanged."""
+        keep = ~rows
+        onehot = torch.zeros_like(state.att_state).scatter_(1, state.att_state.argmax(-1, keepdim=True), 1.0)
+        att_state = torch.where(rows[:, None], onehot, state.att_state)
+        return DecoderState(
+            h=state.h * keep[None, :, None],
+            c=state.c * keep[None, :, None],
+            att_hidden=state.att_hidden * keep[:, None],
+            att_state=att_state,
+            window_end=state.window_end,
+        )
 
     def _attend_window(
         self, query: Tensor, att_state: Tensor, memory: EncoderMemory, constraint: AttentionConstraint
