@@ -61,7 +61,12 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None
     else:  # the scorer experiments: an4/<scorer>[_reg|_noaug|_mildaug|_mildaug_sp|_x4|_x4_noaug]
         assert cfg.name == f"an4_pblstm_{experiment}"
-        assert cfg.model.attention.type == re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4|x4_noaug)$", "", experiment)
+        scorer = re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4|x4_noaug)$", "", experiment)
+        if scorer == "hard":  # straight-through hard attention over the location_aware scorer
+            assert cfg.model.attention.type == "location_aware" and cfg.model.attention.hard == "st"
+            assert model.decoder.attention.hard_train == "st"
+        else:
+            assert cfg.model.attention.type == scorer
         if experiment.endswith("_noaug"):  # the augmentation ablation: no SpecAugment, no speed perturbation
             assert not cfg.augment and list(cfg.data.speed_perturb) == []
         if "_mildaug" in experiment:  # half ESPnet's mask widths; speed perturbation only in _sp
