@@ -658,14 +658,15 @@ def _from_string(name: str, value: Any) -> Any:
     option when the string is no such number)."""
     if not isinstance(value, str):
         return value
-    if {f.name: f.type for f in fields(DecodingOptions)}[name] in (bool, "bool"):
+    ftype = {f.name: f.type for f in fields(DecodingOptions)}[name]
+    if ftype in (bool, "bool"):
         low = value.strip().lower()
         if low in ("true", "1", "yes"):
             return True
         if low in ("false", "0", "no"):
             return False
         raise ValueError(f"{name} must be true or false, got {value!r}")
-    kind = int if {f.name: f.type for f in fields(DecodingOptions)}[name] in (int, "int") else float
+    kind = int if ftype in (int, "int") else float
     try:
         return kind(value.strip())
     except ValueError:

@@ -51,6 +51,7 @@ for ``additive``; Chorowski et al. 2015 (arXiv 1506.07503) for ``location_aware`
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -342,7 +343,7 @@ class LocalAttention(Attention):
             raise ValueError(f"local attention window D must be >= 1 frame, got {window}")
         if not ratio > 0:
             raise ValueError(f"local_m ratio (encoder frames per output token) must be > 0, got {ratio}")
-        self.mode, self.base_type, self.window, self.ratio = mode, base, int(window), float(ratio)
+        self.mode, self.window, self.ratio = mode, int(window), float(ratio)
         self.base = ATTENTION_TYPES[base](query_dim, key_dim, **base_kwargs)
         if mode == "local_p":
             self.W_p = nn.Linear(query_dim, p_dim, bias=False)
@@ -369,9 +370,7 @@ class LocalAttention(Attention):
         p = self.position(query, lens, t)
         dist = torch.arange(s, device=keys.device, dtype=p.dtype)[None, :] - p[:, None]  # (B, S)
         in_window = dist.abs() <= self.window
-        scores = self.base.score(query, keys, memory, prev)
-        if self.base.temperature != 1.0:
-            scores = scores * self.base.temperature
+        scores = self.base.score(query, keys, memory, prev)  # the temperature is this module's (in _attend)
         if self.mode == "local_p":
             sigma = self.window / 2.0
             scores = scores - dist.pow(2) / (2 * sigma * sigma)
@@ -385,14 +384,6 @@ class LocalAttention(Attention):
         )
 
 
-def _local(mode: str):
-    def build(query_dim: int, key_dim: int, **kwargs) -> LocalAttention:
-        return LocalAttention(query_dim, key_dim, mode=mode, **kwargs)
-
-    build.__doc__ = f"A :class:`LocalAttention` with ``mode={mode!r}``."
-    return build
-
-
 #: Config names → classes (``model.attention.type`` in the Hydra configs).
 ATTENTION_TYPES: dict[str, type[Attention]] = {
     "dot": DotAttention,
@@ -401,8 +392,8 @@ ATTENTION_TYPES: dict[str, type[Attention]] = {
     "location": LocationAttention,
     "location_aware": LocationAwareAttention,
     "multihead": MultiHeadAttention,
-    "local_m": _local("local_m"),  # type: ignore[dict-item]
-    "local_p": _local("local_p"),  # type: ignore[dict-item]
+    "local_m": partial(LocalAttention, mode="local_m"),  # type: ignore[dict-item]
+    "local_p": partial(LocalAttention, mode="local_p"),  # type: ignore[dict-item]
 }
 
 #: How a scorer is trained: soft, or hard attention trained straight-through (config key ``hard``).
