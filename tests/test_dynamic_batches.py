@@ -103,3 +103,32 @@ def test_length_jitter_varies_batches_per_epoch_deterministically(real_feats):
     assert epoch(0.15, 1, seed=6) != epoch(0.15, 1, seed=5)
     with pytest.raises(ValueError, match="length_jitter"):
         LengthBucketBatchSampler(lengths, 8, length_jitter=1.5)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.15])
+def test_sortagrad_first_epochs_shortest_first_then_shuffled(real_feats, jitter):
+    """sortagrad=2: epochs 0 and 1 go through the (unjittered) batches in ascending length, every utterance once,
+    on every rank of a 2-process split too; epoch 2 is the usual shuffled order, the same as without SortaGrad."""
+    lengths = [real_feats[k].shape[0] + 7 * j for j in range(8) for k in sorted(real_feats)]  # 48 distinct-ish
+    budget = 900
+
+    def epoch(sortagrad: int, e: int, replicas: int = 1, rank: int = 0) -> list[list[int]]:
+        s = LengthBucketBatchSampler(lengths, 1000, budget, shuffle=True, seed=5, num_replicas=replicas, rank=rank,
+                                     length_jitter=jitter, sortagrad=sortagrad)
+        s.set_epoch(e)
+        return [[i for i, _ in b] for b in s]
+
+    for e in (0, 1):
+        batches = epoch(2, e)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        longest = [max(lengths[i] for i in b) for b in batches]
+        assert longest == sorted(longest) and len(set(longest)) > 3
+        ranks = [epoch(2, e, 2, r) for r in (0, 1)]
+        assert [b for pair in zip(*ranks) for b in pair][: len(batches)] == batches  # rank r takes batches r, r+2, ...
+    shuffled = epoch(2, 2)
+    longest = [max(lengths[i] for i in b) for b in shuffled]
+    assert longest != sorted(longest)
+    assert shuffled == epoch(0, 2)
+    assert epoch(0, 0) != epoch(2, 0)
+    with pytest.raises(ValueError, match="sortagrad"):
+        LengthBucketBatchSampler(lengths, 8, sortagrad=-1)

@@ -149,6 +149,30 @@ def test_decoder_teacher_forcing_equals_step_by_step(kind):
         torch.testing.assert_close(w, weights[:, t])
 
 
+@pytest.mark.parametrize("kind", SCORERS)
+def test_decoder_hoisted_teacher_forcing_matches_stepwise_with_gradients(kind):
+    """forward (embedding and output layer batched over all steps) == forward_stepwise (U decoding steps): outputs
+    and every parameter's gradient, on a padded batch, with 2 layers (no dropout, so both draw the same masks)."""
+    torch.manual_seed(0)
+    dec = RNNAttentionDecoder(12, 24, build_attention(kind, 20, 24, **ATT_KW[kind]), embed_dim=8, hidden_size=20, num_layers=2, dropout=0.0).train()
+    _, keys, lens = _keys()
+    ys_in = torch.randint(0, 12, (3, 6))
+    grads = []
+    for fwd in (dec.forward, dec.forward_stepwise):
+        dec.zero_grad()
+        k = keys.clone().requires_grad_(True)
+        logits, weights = fwd(k, lens, ys_in)
+        (logits.log_softmax(-1)[..., 3].sum() + (weights * torch.arange(7.0)).sum()).backward()
+        grads.append((logits.detach(), weights.detach(), k.grad, {n: p.grad.clone() for n, p in dec.named_parameters() if p.grad is not None}))
+    (l1, w1, k1, g1), (l2, w2, k2, g2) = grads
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(w1, w2)
+    torch.testing.assert_close(k1, k2)
+    assert g1.keys() == g2.keys() and "embed.weight" in g1 and "output.weight" in g1
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n], msg=n)
+
+
 def test_model_loss_and_label_smoothing(batch):
     torch.manual_seed(0)
     cfg = {"encoder": {"type": "pblstm", "hidden_size": 16, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 16, "kernel_size": 5}, "decoder": {"type": "rnn", "embed_dim": 8, "hidden_size": 16}, "label_smoothing": 0.1}

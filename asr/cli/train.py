@@ -137,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev, report=exp_dir / f"skipped_{Path(d.dev).name}.tsv")
     log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
     max_frames = batch_frame_budget(d, fb)
-    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, max_frames, d.num_workers, cfg.seed, float(d.get("length_jitter") or 0.0))
+    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, max_frames, d.num_workers, cfg.seed, float(d.get("length_jitter") or 0.0), int(d.get("sortagrad") or 0))
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None

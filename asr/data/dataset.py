@@ -174,11 +174,24 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         so neighbours of similar length meet in new batch compositions each epoch (lhotse's bucketing does this
         by shuffling inside buckets); the budget is still checked on the true lengths. The number of batches can
         then differ by a few from ``len()`` (the unjittered count).
+    sortagrad : int
+        With ``shuffle``: the first ``sortagrad`` epochs (0-based epochs ``< sortagrad``) go through the batches
+        shortest first, unshuffled and unjittered; later epochs as above. SortaGrad, Amodei et al. 2016
+        (Deep Speech 2, arXiv 1512.02595, §3.1), also ESPnet's ``--sortagrad``: short utterances first is a
+        curriculum for the alignment. 0 (default) = off.
+
+    Raises
+    ------
+    ValueError
+        ``batch_size < 1``, ``length_jitter`` outside ``[0, 1)`` or ``sortagrad < 0``.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, max_frames: int = 0, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, length_jitter: float = 0.0) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, max_frames: int = 0, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, length_jitter: float = 0.0, sortagrad: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(sortagrad) < 0:
+            raise ValueError(f"sortagrad (epochs shortest-first) must be >= 0, got {sortagrad}")
+        self.sortagrad = int(sortagrad)
         if not 0.0 <= float(length_jitter) < 1.0:
             raise ValueError(f"length_jitter must be in [0, 1), got {length_jitter}")
         if num_replicas is None or rank is None:
@@ -215,11 +228,12 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         # (Lightning creates the iterator before on_train_epoch_start when a run starts or resumes).
         epoch = self.epoch
         batches = list(self.batches)
-        if self.shuffle and self.length_jitter > 0:
+        reorder = self.shuffle and epoch >= self.sortagrad  # SortaGrad epochs keep the shortest-first order
+        if reorder and self.length_jitter > 0:
             rng = random.Random(f"asr-length-jitter:{self.seed}:{epoch}")
             keys = [n * (1.0 + rng.uniform(-self.length_jitter, self.length_jitter)) for n in self.lengths]
             batches = self._cut(sorted(range(len(keys)), key=lambda i: (keys[i], i)))
-        if self.shuffle:
+        if reorder:
             random.Random(self.seed + epoch).shuffle(batches)
         per_rank = math.ceil(len(batches) / self.num_replicas)
         batches += batches[: per_rank * self.num_replicas - len(batches)]

@@ -194,7 +194,19 @@ class RNNAttentionDecoder(nn.Module):
         weights : Tensor ``(B, S)`` attention weights of this step
         state : DecoderState
         """
-        x = torch.cat([self.dropout(self.embed(y_prev)), state.att_hidden], dim=-1)
+        att_hidden, weights, state = self._advance(self.dropout(self.embed(y_prev)), state, memory, constraint)
+        logits = self.output(self.dropout(att_hidden))
+        if state.window_end is not None and constraint is not None and constraint.eos_id is not None:
+            logits[:, constraint.eos_id] = logits[:, constraint.eos_id].masked_fill(~state.window_end, float("-inf"))
+        return logits, weights, state
+
+    def _advance(
+        self, emb: Tensor, state: DecoderState, memory: EncoderMemory, constraint: AttentionConstraint | None = None
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        """The recurrent part of a step, from the (dropped-out) embedding ``emb (B, E)`` of the previous token to
+        the attentional hidden state ``a_t (B, H)``, the weights ``(B, S)`` and the new state; the output layer
+        is left to the caller (:meth:`step` per step, :meth:`forward` once for all steps)."""
+        x = torch.cat([emb, state.att_hidden], dim=-1)
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             h, c = cell(x, (state.h[i], state.c[i]))
@@ -208,10 +220,7 @@ class RNNAttentionDecoder(nn.Module):
         else:
             context, weights, att_state, ends = self._attend_window(x, state.att_state, memory, constraint)
         att_hidden = torch.tanh(self.W_c(torch.cat([context, x], dim=-1)))
-        logits = self.output(self.dropout(att_hidden))
-        if ends is not None and constraint.eos_id is not None:
-            logits[:, constraint.eos_id] = logits[:, constraint.eos_id].masked_fill(~ends, float("-inf"))
-        return logits, weights, DecoderState(torch.stack(hs), torch.stack(cs), att_hidden, att_state, ends)
+        return att_hidden, weights, DecoderState(torch.stack(hs), torch.stack(cs), att_hidden, att_state, ends)
 
     def restart(self, state: DecoderState, rows: Tensor) -> DecoderState:
         """Start a new utterance in the rows ``rows (B,)`` bool of ``state`` where attention last peaked: zero LSTM
@@ -249,7 +258,13 @@ class RNNAttentionDecoder(nn.Module):
         return context, weights, new_state, reaches_end
 
     def forward(self, hs: Tensor, hs_lens: Tensor, ys_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced decoding.
+        """Teacher-forced decoding (training, validation, the teacher-forced report).
+
+        Only the recurrence (LSTM, attention, ``a_t``) runs step by step: the embedding of every input token and
+        the output layer over every ``a_t`` are one batched call each, before and after the loop, instead of
+        ``U`` small ones (at batches of 8 the step loop is bound by the number of kernel launches / op calls, not
+        arithmetic: recipes/an4/README.md, "GPU"; ``scripts/bench_train.py --decoder_loop`` measures it).
+        Same result as calling :meth:`step` ``U`` times (:meth:`forward_stepwise`, to float rounding).
 
         Parameters
         ----------
@@ -261,6 +276,19 @@ class RNNAttentionDecoder(nn.Module):
         logits : Tensor ``(B, U, V)``
         weights : Tensor ``(B, U, S)``
         """
+        memory = self.memory(hs, hs_lens)
+        state = self.init_state(memory)
+        embs = self.dropout(self.embed(ys_in))  # (B, U, E)
+        att_hiddens, weights = [], []
+        for t in range(ys_in.shape[1]):
+            a, w, state = self._advance(embs[:, t], state, memory)
+            att_hiddens.append(a)
+            weights.append(w)
+        return self.output(self.dropout(torch.stack(att_hiddens, 1))), torch.stack(weights, 1)
+
+    def forward_stepwise(self, hs: Tensor, hs_lens: Tensor, ys_in: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` as ``U`` calls of :meth:`step` (the decoding path): the reference for tests and the
+        baseline of ``scripts/bench_train.py --decoder_loop stepwise``."""
         memory = self.memory(hs, hs_lens)
         state = self.init_state(memory)
         logits, weights = [], []
