@@ -208,3 +208,54 @@ def test_ctc_branch_mixes_losses(batch):
     torch.testing.assert_close(out["ctc_loss"], ref)
     with pytest.raises(ValueError, match="ctc_weight"):
         build_model({**cfg, "ctc_weight": 1.0}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
+
+
+def test_guided_attention_loss_values():
+    """The penalty is 0 for an attention on the diagonal cell, 1 - exp(-d^2 / 2g^2) elsewhere, per utterance's
+    own lengths; padded output steps do not count."""
+    from asr.models.asr_model import guided_attention_loss
+
+    # utterance 0: 2 steps over 4 frames; utterance 1: 1 valid step (of 2) over 2 frames (of 4)
+    w = torch.zeros(2, 2, 4)
+    w[0, 0, 1] = 1.0  # step centre 0.25, frame centre 0.375
+    w[0, 1, 3] = 1.0  # 0.75 vs 0.875
+    w[1, 0, 0] = 0.5  # 0.5 vs 0.25
+    w[1, 0, 1] = 0.5  # 0.5 vs 0.75
+    w[1, 1, 0] = 1.0  # padding step: ignored
+    g = 0.3
+    pen = lambda d: 1 - torch.exp(torch.tensor(-(d**2) / (2 * g * g)))  # noqa: E731
+    expected = (pen(0.125) + pen(0.125) + 0.5 * pen(0.25) + 0.5 * pen(0.25)) / 3
+    got = guided_attention_loss(w, torch.tensor([2, 1]), torch.tensor([4, 2]), g)
+    torch.testing.assert_close(got, expected)
+    diag = torch.eye(4)[None]  # 4 steps over 4 frames, exactly on the diagonal
+    assert float(guided_attention_loss(diag, torch.tensor([4]), torch.tensor([4]), g)) == 0.0
+    anti = torch.eye(4).flip(-1)[None]
+    assert float(guided_attention_loss(anti, torch.tensor([4]), torch.tensor([4]), g)) > 0.4
+
+
+def test_guided_attention_adds_to_training_loss_only(batch):
+    """model.guided_attention: the weighted term joins the loss in training (and its gradient reaches the
+    attention), not in eval, not when switched off by its epoch schedule; bad settings are refused."""
+    cfg = {"encoder": {"type": "pblstm", "hidden_size": 16, "num_layers": 2, "subsample": [4, 2], "dropout": 0.0}, "attention": {"type": "location_aware", "att_dim": 16, "kernel_size": 5}, "decoder": {"type": "rnn", "embed_dim": 8, "hidden_size": 16, "dropout": 0.0}, "label_smoothing": 0.0, "ctc_weight": 0.3}
+    xs, lens = batch
+    ys, ys_lens = torch.tensor([[4, 5, 6], [7, 8, 0], [9, 0, 0]]), torch.tensor([3, 2, 1])
+    torch.manual_seed(0)
+    plain = build_model(cfg, vocab_size=10, sos_id=2, eos_id=3, pad_id=0).train()
+    torch.manual_seed(0)
+    guided = build_model({**cfg, "guided_attention": {"weight": 2.0, "sigma": 0.2, "epochs": 3}}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0).train()
+    assert guided.guided_attention_epochs == 3
+    p, g = plain(xs, lens, ys, ys_lens), guided(xs, lens, ys, ys_lens)
+    assert float(p["ga_loss"]) == 0.0 and float(g["ga_loss"]) > 0.0
+    torch.testing.assert_close(g["loss"], p["loss"] + 2.0 * g["ga_loss"])
+    guided.zero_grad()
+    g["ga_loss"].backward()
+    assert guided.decoder.attention.w.weight.grad.abs().sum() > 0  # the prior trains the scorer
+    guided.guided_attention_active = False
+    torch.testing.assert_close(guided(xs, lens, ys, ys_lens)["loss"], p["loss"])
+    guided.guided_attention_active = True
+    guided.eval()
+    e = guided(xs, lens, ys, ys_lens)
+    assert float(e["ga_loss"]) == 0.0
+    for bad in ({"weight": -1.0}, {"weight": 1.0, "sigma": 0.0}, {"weight": 1.0, "epochs": -2}, {"weigth": 1.0}):
+        with pytest.raises(ValueError, match="guided"):
+            build_model({**cfg, "guided_attention": bad}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)

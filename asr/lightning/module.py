@@ -112,6 +112,8 @@ class ASRLightningModule(L.LightningModule):
         sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self.current_epoch)
+        ga_epochs = getattr(self.model, "guided_attention_epochs", 0)
+        self.model.guided_attention_active = ga_epochs == 0 or self.current_epoch < ga_epochs
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """At an epoch's first batch, reseed torch, numpy and random from ``(seed, epoch, rank)``.
@@ -150,6 +152,8 @@ class ASRLightningModule(L.LightningModule):
         self.log("train/att_loss", out["att_loss"], batch_size=bs)
         if self.model.ctc is not None:
             self.log("train/ctc_loss", out["ctc_loss"], batch_size=bs)
+        if self.model.guided_attention > 0:
+            self.log("train/ga_loss", out["ga_loss"], batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return out["loss"]
 

@@ -41,6 +41,14 @@ class AttentionASRModel(nn.Module):
         arXiv 1609.06773); 0 = pure attention (no CTC layer is built). The CTC branch is a linear layer on
         the encoder output; its blank is the tokenizer's ``pad_id`` (padding is never a target, so the id
         is free). It shapes the encoder towards monotonic alignments; decoding uses the attention decoder.
+    guided_attention : float
+        Weight of the guided-attention loss added in training (:func:`guided_attention_loss`, a diagonal
+        prior on the teacher-forced attention weights; Tachibana et al. 2018). 0 = off.
+    guided_attention_sigma : float
+        Its width ``g`` (fraction of the utterance; > 0).
+    guided_attention_epochs : int
+        Apply it in the first N training epochs only (0 = every epoch): the training module switches
+        :attr:`guided_attention_active` at each epoch start.
     """
 
     def __init__(
@@ -53,10 +61,22 @@ class AttentionASRModel(nn.Module):
         pad_id: int,
         label_smoothing: float = 0.1,
         ctc_weight: float = 0.0,
+        guided_attention: float = 0.0,
+        guided_attention_sigma: float = 0.3,
+        guided_attention_epochs: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= ctc_weight < 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1), got {ctc_weight}")
+        if not guided_attention >= 0.0 or not guided_attention_sigma > 0.0 or guided_attention_epochs < 0:
+            raise ValueError(
+                f"guided attention needs weight >= 0, sigma > 0 and epochs >= 0, got {guided_attention}, "
+                f"{guided_attention_sigma}, {guided_attention_epochs}"
+            )
+        self.guided_attention, self.guided_attention_sigma = float(guided_attention), float(guided_attention_sigma)
+        self.guided_attention_epochs = int(guided_attention_epochs)
+        #: Whether the guided-attention term is on (training only; set per epoch by the training module).
+        self.guided_attention_active = True
         self.cmvn, self.encoder, self.decoder = cmvn, encoder, decoder
         self.sos_id, self.eos_id, self.pad_id = sos_id, eos_id, pad_id
         self.label_smoothing = label_smoothing
@@ -95,7 +115,9 @@ class AttentionASRModel(nn.Module):
         dict
             ``loss`` (the training objective), ``att_loss`` (label-smoothed CE averaged over target tokens
             incl. eos), ``ctc_loss`` (CTC summed over the batch / number of target tokens; 0 without CTC),
-            ``nll`` (CE without smoothing), ``acc`` (token accuracy), ``n_tokens``, ``weights`` ``(B, U+1, S)``.
+            ``ga_loss`` (guided-attention loss, computed in training when it is on, else 0; added to ``loss``
+            with its weight), ``nll`` (CE without smoothing), ``acc`` (token accuracy), ``n_tokens``,
+            ``weights`` ``(B, U+1, S)``.
         """
         hs, hs_lens = self.encode(xs_pad, xs_lens)
         ys_in, ys_out = self.add_sos_eos(ys_pad, ys_lens)
@@ -108,10 +130,50 @@ class AttentionASRModel(nn.Module):
             log_probs = torch.log_softmax(self.ctc(hs).float(), -1).transpose(0, 1)  # (S, B, V)
             ctc_loss = F.ctc_loss(log_probs, ys_pad, hs_lens, ys_lens, blank=self.pad_id, reduction="sum", zero_infinity=True) / ys_lens.sum().clamp_min(1)
             loss = self.ctc_weight * ctc_loss + (1 - self.ctc_weight) * att_loss
+        ga_loss = att_loss.new_zeros(())
+        if self.training and self.guided_attention > 0 and self.guided_attention_active:
+            ga_loss = guided_attention_loss(weights, ys_lens + 1, hs_lens, self.guided_attention_sigma)
+            loss = loss + self.guided_attention * ga_loss
         with torch.no_grad():
             nll = F.cross_entropy(flat_logits, flat_target)
             acc = (flat_logits.argmax(-1) == flat_target).float().mean()
-        return {"loss": loss, "att_loss": att_loss, "ctc_loss": ctc_loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
+        return {"loss": loss, "att_loss": att_loss, "ctc_loss": ctc_loss, "ga_loss": ga_loss, "nll": nll, "acc": acc, "n_tokens": valid.sum(), "weights": weights, "hs_lens": hs_lens}
+
+
+def guided_attention_loss(weights: Tensor, out_lens: Tensor, in_lens: Tensor, sigma: float = 0.3) -> Tensor:
+    """Guided-attention loss: the expected distance of the attention from the diagonal, per output step.
+
+    Tachibana, Uenoyama & Aihara 2018 ("Efficiently trainable text-to-speech system based on deep convolutional
+    networks with guided attention", arXiv 1710.08969, §4.1) penalise attention on frame ``s`` at output step
+    ``u`` by ``W(u, s) = 1 - exp(-(u / U - s / S)^2 / (2 g^2))``: an alignment near the diagonal costs nothing,
+    so the decoder learns the (roughly linear) path sooner. ESPnet uses it for TTS (``GuidedAttentionLoss``);
+    here it is an option for ASR, where the path is also monotonic but leading/trailing silence shifts it
+    (hence a wide default ``g = 0.3`` and the option to use it for the first epochs only). Positions are frame
+    and step centres, ``(u + 0.5) / U_b`` and ``(s + 0.5) / S_b``, with each utterance's own lengths.
+
+    Parameters
+    ----------
+    weights : Tensor
+        ``(B, U, S)`` teacher-forced attention weights (rows sum to 1 over valid frames, 0 on padding).
+    out_lens : Tensor
+        ``(B,)`` valid output steps (tokens + eos).
+    in_lens : Tensor
+        ``(B,)`` valid encoder frames.
+    sigma : float
+        ``g``, as a fraction of the utterance.
+
+    Returns
+    -------
+    Tensor
+        Scalar: ``sum_s W(u, s) alpha_u(s)`` averaged over the valid output steps of the batch (in [0, 1]).
+    """
+    b, u, s = weights.shape
+    pos_u = (torch.arange(u, device=weights.device, dtype=weights.dtype)[None, :] + 0.5) / out_lens[:, None].to(weights.dtype)
+    pos_s = (torch.arange(s, device=weights.device, dtype=weights.dtype)[None, :] + 0.5) / in_lens[:, None].to(weights.dtype)
+    penalty = 1.0 - torch.exp(-(pos_u[:, :, None] - pos_s[:, None, :]).pow(2) / (2.0 * sigma * sigma))  # (B, U, S)
+    valid = torch.arange(u, device=weights.device)[None, :] < out_lens[:, None]
+    per_step = (penalty * weights).sum(-1)
+    return per_step[valid].mean()
 
 
 def reject_target_keys(cfg: Any, path: str = "model", where: str = "config") -> None:
@@ -169,7 +231,7 @@ def build_model(
 
     ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments; used
     only by decoders that take a scorer, i.e. ``rnn``), ``decoder`` (``type`` + arguments),
-    ``label_smoothing`` and ``ctc_weight``. Types: the keys of ``ENCODERS``, ``DECODERS`` and
+    ``label_smoothing``, ``ctc_weight`` and optionally ``guided_attention`` (``weight``, ``sigma``, ``epochs``). Types: the keys of ``ENCODERS``, ``DECODERS`` and
     ``asr.models.attention.ATTENTION_TYPES``.
 
     Raises
@@ -211,4 +273,24 @@ def build_model(
         pad_id=pad_id,
         label_smoothing=float(cfg.get("label_smoothing", 0.1)),
         ctc_weight=float(cfg.get("ctc_weight", 0.0)),
+        **_guided_attention_args(cfg.get("guided_attention")),
     )
+
+
+def _guided_attention_args(ga: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model.guided_attention`` (``weight``, ``sigma``, ``epochs``; absent or weight 0 = off) → model kwargs.
+
+    Raises
+    ------
+    ValueError
+        Unknown keys.
+    """
+    ga = dict(ga or {})
+    unknown = set(ga) - {"weight", "sigma", "epochs"}
+    if unknown:
+        raise ValueError(f"model.guided_attention: unknown key(s) {sorted(unknown)}; known: weight, sigma, epochs")
+    return {
+        "guided_attention": float(ga.get("weight", 0.0)),
+        "guided_attention_sigma": float(ga.get("sigma", 0.3)),
+        "guided_attention_epochs": int(ga.get("epochs", 0)),
+    }
