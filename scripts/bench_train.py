@@ -15,7 +15,8 @@ training sampler (``LengthBucketBatchSampler``, batch order shuffled), and print
 The loop is the model's alone (no Lightning, no validation, no checkpoint writes, no SpecAugment): the
 Trainer's own per-epoch figures are in each experiment's ``train_summary.json`` (recipes/an4/README.md, "GPU").
 ``--stepwise`` adds, for the RNN decoder, a row with its teacher forcing as ``U`` calls of the decoding ``step``
-(embedding and output layer inside the loop: the training loop before it was hoisted). ``--compile`` adds rows with ``torch.compile`` on the encoder (the attention decoders' step loops are left
+(embedding and output layer inside the loop: the training loop before it was hoisted); ``--compile_step`` rows
+with that step compiled (``compile_decoder_step``; compile time in the last column). ``--compile`` adds rows with ``torch.compile`` on the encoder (the attention decoders' step loops are left
 eager; compile time is reported, not included in the throughput).
 """
 
@@ -48,13 +49,15 @@ def model_config(experiment: str) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
-def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, stepwise: bool = False) -> dict:
+def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, stepwise: bool = False, compile_step: bool = False) -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones; returns the row's figures. ``stepwise``: the
     RNN decoder's teacher forcing as U calls of its decoding ``step`` (the loop before the hoisted one)."""
     torch.manual_seed(seed)
     model = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, 80, cmvn).to(device).train()
     if stepwise:
         model.decoder.forward = model.decoder.forward_stepwise
+    if compile_step:
+        model.decoder.compile_step()
     compile_s = 0.0
     if compile_:
         model.encoder = torch.compile(model.encoder, dynamic=True)
@@ -87,7 +90,7 @@ def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_si
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        if i < warmup and compile_:
+        if i < warmup and (compile_ or compile_step):
             sync()
             compile_s += time.perf_counter() - t_step
         if i >= warmup:
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also rows with torch.compile on the encoder")
     ap.add_argument("--only_compile", action="store_true", help="the eager baseline row and the compile row only")
     ap.add_argument("--stepwise", action="store_true", help="also a row with the RNN decoder's step-by-step teacher forcing")
+    ap.add_argument("--compile_step", action="store_true", help="also rows with the RNN decoder's step compiled (compile_decoder_step)")
     ap.add_argument("--only_b8", action="store_true", help="rows with batches of 8 only")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -132,17 +136,21 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_split(recipe / "data/train_nodev", recipe / "dump/train_nodev", tok, FbankOptions())
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"device: {gpu}; torch {torch.__version__}; {len(ds)} utterances of train_nodev; {args.steps} timed steps per row")
-    # (label, batch size, max duration, bf16, compile, step-by-step decoder)
-    settings = [("b8 fp32", 8, 0.0, False, False, False)]
+    # (label, batch size, max duration, bf16, compile encoder, decoder loop: "" | "stepwise" | "compiled")
+    settings = [("b8 fp32", 8, 0.0, False, False, "")]
     if args.stepwise:
-        settings += [("b8 fp32 stepwise", 8, 0.0, False, False, True)]
-    settings += [(f"{args.max_duration:g}s fp32", 1000, args.max_duration, False, False, False)]
+        settings += [("b8 fp32 stepwise", 8, 0.0, False, False, "stepwise")]
+    if args.compile_step:
+        settings += [("b8 fp32 compiled step", 8, 0.0, False, False, "compiled")]
+    settings += [(f"{args.max_duration:g}s fp32", 1000, args.max_duration, False, False, "")]
     if args.stepwise:
-        settings += [(f"{args.max_duration:g}s fp32 stepwise", 1000, args.max_duration, False, False, True)]
+        settings += [(f"{args.max_duration:g}s fp32 stepwise", 1000, args.max_duration, False, False, "stepwise")]
+    if args.compile_step:
+        settings += [(f"{args.max_duration:g}s fp32 compiled step", 1000, args.max_duration, False, False, "compiled")]
     if args.device.startswith("cuda"):
-        settings += [("b8 bf16", 8, 0.0, True, False, False), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False, False)]
+        settings += [("b8 bf16", 8, 0.0, True, False, ""), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False, "")]
     if args.compile:
-        settings += [(f"{args.max_duration:g}s {'bf16' if args.device.startswith('cuda') else 'fp32'} compile", 1000, args.max_duration, args.device.startswith("cuda"), True, False)]
+        settings += [(f"{args.max_duration:g}s {'bf16' if args.device.startswith('cuda') else 'fp32'} compile", 1000, args.max_duration, args.device.startswith("cuda"), True, "")]
     if args.only_compile:
         settings = [settings[0], settings[-1]] if args.compile else settings[:1]
     if args.only_b8:
@@ -153,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         base = None
         print(f"\n{name} ({EXPERIMENTS[name]})")
         print(f"{'setting':<22}{'audio s/s':>10}{'h/dev-h':>9}{'utt/s':>8}{'steps/s':>9}{'B mean':>8}{'peak GiB':>10}{'x audio/s':>10}{'compile s':>10}")
-        for label, bs, md, bf16, comp, stepwise in settings:
-            if stepwise and cfg["decoder"].get("type", "rnn") != "rnn":
+        for label, bs, md, bf16, comp, loop in settings:
+            if loop and cfg["decoder"].get("type", "rnn") != "rnn":
                 continue
             try:
-                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, stepwise=stepwise)
+                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, stepwise=loop == "stepwise", compile_step=loop == "compiled")
             except Exception as e:  # one failing setting (e.g. compile) must not lose the others
                 print(f"{label:<22}failed: {type(e).__name__}: {str(e)[:200]}")
                 continue

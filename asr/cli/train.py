@@ -146,6 +146,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment,
         seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)), fbank=fb,
     )
+    if cfg.get("compile_decoder_step"):
+        if not callable(getattr(module.model.decoder, "compile_step", None)):
+            raise ValueError(f"compile_decoder_step: the {type(module.model.decoder).__name__} has no step loop to compile (RNN decoders only)")
+        module.model.decoder.compile_step()
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)
 
