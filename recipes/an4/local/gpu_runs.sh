@@ -4,6 +4,10 @@
 # gathered into one archive. On the device machine, from the project root (see ../shared/tools/gpu-bundle):
 #   source .device/setup.sh && bash recipes/an4/local/gpu_runs.sh "$OUT"
 # DRY=1 (CPU, 1 epoch, tiny limits) checks the plumbing on a machine without a GPU.
+# PLAN=2026-12-04 runs the set measured on 2026-12-04 (README "GPU" tables); the default, PLAN=next, the set
+# prepared on 2026-12-05 without a GPU (README "GPU: what to run next"): the decoder-step bench (eager vs the
+# step loop before the hoist vs torch.compile'd step), the default pBLSTM with and without compile_decoder_step,
+# and the Transformer for 200 epochs (CTC weight 0.3 and 0.5). About 9 minutes in all.
 set -uo pipefail
 out=$(mkdir -p "${1:-/tmp/gpu_runs}" && cd "${1:-/tmp/gpu_runs}" && pwd)
 root=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -24,10 +28,17 @@ stamp "stages 1-3"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "${logs}/gpu.txt" 2>&1
 python -c "import torch, torchaudio, lightning; print(torch.__version__, torchaudio.__version__, lightning.__version__)" >> "${logs}/gpu.txt" 2>&1
 
-stamp "bench_train (eager)"
-timeout 60 python ../../scripts/bench_train.py --recipe . --device "${dev}" --steps "${bench_steps}" --json "${out}/bench.json" > "${logs}/bench.log" 2>&1
-stamp "bench_train (compile)"
-timeout 30 python ../../scripts/bench_train.py --recipe . --device "${dev}" --steps "${bench_steps}" --compile --only_compile > "${logs}/bench_compile.log" 2>&1
+plan=${PLAN:-next}
+if [ "${plan}" = 2026-12-04 ]; then
+    stamp "bench_train (eager)"
+    timeout 60 python ../../scripts/bench_train.py --recipe . --device "${dev}" --steps "${bench_steps}" --json "${out}/bench.json" > "${logs}/bench.log" 2>&1
+    stamp "bench_train (compile)"
+    timeout 30 python ../../scripts/bench_train.py --recipe . --device "${dev}" --steps "${bench_steps}" --compile --only_compile > "${logs}/bench_compile.log" 2>&1
+else
+    stamp "bench_train (pBLSTM decoder step: hoisted, stepwise, compiled)"
+    timeout 80 python ../../scripts/bench_train.py --recipe . --device "${dev}" --models pblstm --only_b8 --steps "${bench_steps}" --stepwise --compile_step --json "${out}/bench.json" > "${logs}/bench.log" 2>&1
+    : > "${logs}/bench_compile.log"
+fi
 stamp "trainings"
 
 common="trainer=gpu threads=2 trainer.enable_progress_bar=false +trainer.max_time=${maxtime} ${gpu_args}"
@@ -38,12 +49,22 @@ train() {  # tag experiment train_args...
     ./run.sh --stage 4 --experiment "${exp}" --tag "_${tag}" --train_args "${common} $*" --decode_args "${dec}" > "${logs}/${tag}.log" 2>&1
     stamp "${tag} done (rc $?)"
 }
-train gpuP1 an4/location_aware_x4_noaug "data.max_duration=60 optim.lr=2e-3 optim.warmup_epochs=1 trainer.max_epochs=12" &
-train gpuP2 an4/location_aware_x4_noaug "data.max_duration=120 optim.lr=3e-3 optim.warmup_epochs=2 trainer.max_epochs=30 model.ctc_weight=0.5" &
-train gpuP3 an4/location_aware_x4_noaug "data.max_duration=60 optim.lr=3e-3 optim.warmup_epochs=1 trainer.max_epochs=16 model.ctc_weight=0.5" &
-train gpuT1 an4/transformer_ctc "${tf_big} ${tf_common} optim.lr=1e-3 augment=none" &
-train gpuT2 an4/transformer_ctc "${tf_big} ${tf_common} optim.lr=2e-3 augment=specaug_mild" &
-train gpuT3 an4/transformer_ctc "${tf_common} optim.lr=2e-3 augment=none" &
+if [ "${plan}" = 2026-12-04 ]; then
+    train gpuP1 an4/location_aware_x4_noaug "data.max_duration=60 optim.lr=2e-3 optim.warmup_epochs=1 trainer.max_epochs=12" &
+    train gpuP2 an4/location_aware_x4_noaug "data.max_duration=120 optim.lr=3e-3 optim.warmup_epochs=2 trainer.max_epochs=30 model.ctc_weight=0.5" &
+    train gpuP3 an4/location_aware_x4_noaug "data.max_duration=60 optim.lr=3e-3 optim.warmup_epochs=1 trainer.max_epochs=16 model.ctc_weight=0.5" &
+    train gpuT1 an4/transformer_ctc "${tf_big} ${tf_common} optim.lr=1e-3 augment=none" &
+    train gpuT2 an4/transformer_ctc "${tf_big} ${tf_common} optim.lr=2e-3 augment=specaug_mild" &
+    train gpuT3 an4/transformer_ctc "${tf_common} optim.lr=2e-3 augment=none" &
+else
+    # transformer_ctc.yaml already holds tf_big and tf_common's settings (100 epochs); these run it for 200 and get
+    # 6 minutes (the pBLSTM runs take about 3 of them); a row stopped by max_time says so in its epochs column
+    [ "${dry}" = 1 ] || common="${common/max_time=00:00:05:10/max_time=00:00:06:00}"
+    train gpuP4 an4/location_aware_x4_noaug "compile_decoder_step=true" &
+    train gpuP5 an4/location_aware_x4_noaug "" &
+    train gpuT4 an4/transformer_ctc "trainer.max_epochs=200 trainer.check_val_every_n_epoch=10" &
+    train gpuT5 an4/transformer_ctc "trainer.max_epochs=200 trainer.check_val_every_n_epoch=10 model.ctc_weight=0.5" &
+fi
 wait
 stamp "all done"
 
