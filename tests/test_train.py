@@ -127,6 +127,27 @@ def test_decode_user_audio_reports_bad_file_and_decodes_the_rest(mini_an4, tmp_p
     assert "not_audio.wav" in (out / "errors.tsv").read_text()
 
 
+def test_guided_attention_for_the_first_epoch_with_sortagrad(mini_an4, tmp_path):
+    """model.guided_attention.epochs=1: the prior is logged (and > 0) in epoch 0's steps only; data.sortagrad=1
+    trains the first epoch shortest first; the checkpoint keeps the setting and loads."""
+    import csv
+
+    from asr.cli.train import train
+    from asr.models.checkpoint import load_checkpoint
+
+    exp = tmp_path / "exp"
+    over = ["trainer.max_epochs=2", "data.batch_size=3", "model.guided_attention.weight=0.5", "model.guided_attention.epochs=1", "data.sortagrad=1"]
+    assert train(_cfg(mini_an4, exp, [*TINY, *over]))["epochs"] == 2
+    rows = list(csv.DictReader((exp / "csv/metrics.csv").open()))
+    ga = {int(r["step"]): float(r["train/ga_loss"]) for r in rows if r.get("train/ga_loss")}
+    losses = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert ga and all(v > 0 for v in ga.values())
+    assert max(ga) < 2 < max(losses)  # 2 steps per epoch (6 training utterances, batches of 3): epoch 1 has none
+    model, _, meta = load_checkpoint(str(exp / "checkpoints/last.ckpt"))
+    assert meta["model_cfg"]["guided_attention"] == {"weight": 0.5, "sigma": 0.3, "epochs": 1}
+    assert model.guided_attention == 0.5 and model.guided_attention_epochs == 1
+
+
 def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     from asr.cli.train import train
 

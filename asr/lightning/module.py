@@ -152,7 +152,7 @@ class ASRLightningModule(L.LightningModule):
         self.log("train/att_loss", out["att_loss"], batch_size=bs)
         if self.model.ctc is not None:
             self.log("train/ctc_loss", out["ctc_loss"], batch_size=bs)
-        if self.model.guided_attention > 0:
+        if self.model.guided_attention > 0 and self.model.guided_attention_active:
             self.log("train/ga_loss", out["ga_loss"], batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return out["loss"]
