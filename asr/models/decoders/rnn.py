@@ -278,7 +278,7 @@ class RNNAttentionDecoder(nn.Module):
         Only the recurrence (LSTM, attention, ``a_t``) runs step by step: the embedding of every input token and
         the output layer over every ``a_t`` are one batched call each, before and after the loop, instead of
         ``U`` small ones (at batches of 8 the step loop is bound by the number of kernel launches / op calls, not
-        arithmetic: recipes/an4/README.md, "GPU"; ``scripts/bench_train.py --decoder_loop`` measures it).
+        arithmetic: recipes/an4/README.md, "GPU"; ``scripts/bench_train.py --stepwise`` measures it).
         Same result as calling :meth:`step` ``U`` times (:meth:`forward_stepwise`, to float rounding).
 
         Parameters
@@ -303,7 +303,7 @@ class RNNAttentionDecoder(nn.Module):
 
     def forward_stepwise(self, hs: Tensor, hs_lens: Tensor, ys_in: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward` as ``U`` calls of :meth:`step` (the decoding path): the reference for tests and the
-        baseline of ``scripts/bench_train.py --decoder_loop stepwise``."""
+        baseline of ``scripts/bench_train.py --stepwise``."""
         memory = self.memory(hs, hs_lens)
         state = self.init_state(memory)
         logits, weights = [], []
