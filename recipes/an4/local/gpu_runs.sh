@@ -18,9 +18,10 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "${logs}/timeline.txt";
 dry=${DRY:-0}
 if [ "${dry}" = 1 ]; then
     dev=cpu; gpu_args="trainer.accelerator=cpu trainer.precision=32-true trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=1 data.limit_dev=4"
-    dec="device=cpu max_len_ratio=0.3"; bench_steps=2; maxtime=00:00:01:00
+    dec="device=cpu max_len_ratio=0.3"; bench_steps=2; maxtime=00:00:03:00
+    dry_tail="trainer.max_epochs=1 trainer.check_val_every_n_epoch=1"  # after each run's own overrides
 else
-    dev=cuda; gpu_args=""; dec="device=cuda"; bench_steps=20; maxtime=00:00:05:10
+    dev=cuda; gpu_args=""; dry_tail=""; dec="device=cuda"; bench_steps=20; maxtime=00:00:05:10
 fi
 
 stamp "stages 1-3"
@@ -46,7 +47,7 @@ tf_big="model.encoder.d_model=256 model.encoder.ff_dim=2048 model.encoder.conv_c
 tf_common="model.init=xavier_uniform data.max_duration=200 optim.warmup_epochs=10 trainer.max_epochs=100 trainer.check_val_every_n_epoch=5 keep_checkpoints_by=step"
 train() {  # tag experiment train_args...
     local tag=$1 exp=$2; shift 2
-    ./run.sh --stage 4 --experiment "${exp}" --tag "_${tag}" --train_args "${common} $*" --decode_args "${dec}" > "${logs}/${tag}.log" 2>&1
+    ./run.sh --stage 4 --experiment "${exp}" --tag "_${tag}" --train_args "${common} $* ${dry_tail}" --decode_args "${dec}" > "${logs}/${tag}.log" 2>&1
     stamp "${tag} done (rc $?)"
 }
 if [ "${plan}" = 2026-12-04 ]; then
