@@ -49,9 +49,11 @@ def model_config(experiment: str) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
-def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, stepwise: bool = False, compile_step: bool = False) -> dict:
-    """Time ``steps`` training steps after ``warmup`` untimed ones; returns the row's figures. ``stepwise``: the
-    RNN decoder's teacher forcing as U calls of its decoding ``step`` (the loop before the hoisted one)."""
+def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, decoder_loop: str = "") -> dict:
+    """Time ``steps`` training steps after ``warmup`` untimed ones; returns the row's figures. ``decoder_loop``:
+    "" (the model's own), ``"stepwise"`` (the RNN decoder's teacher forcing as U calls of its decoding ``step``,
+    the loop before the hoisted one) or ``"compiled"`` (``compile_decoder_step``)."""
+    stepwise, compile_step = decoder_loop == "stepwise", decoder_loop == "compiled"
     torch.manual_seed(seed)
     model = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, 80, cmvn).to(device).train()
     if stepwise:
@@ -137,16 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"device: {gpu}; torch {torch.__version__}; {len(ds)} utterances of train_nodev; {args.steps} timed steps per row")
     # (label, batch size, max duration, bf16, compile encoder, decoder loop: "" | "stepwise" | "compiled")
-    settings = [("b8 fp32", 8, 0.0, False, False, "")]
-    if args.stepwise:
-        settings += [("b8 fp32 stepwise", 8, 0.0, False, False, "stepwise")]
-    if args.compile_step:
-        settings += [("b8 fp32 compiled step", 8, 0.0, False, False, "compiled")]
-    settings += [(f"{args.max_duration:g}s fp32", 1000, args.max_duration, False, False, "")]
-    if args.stepwise:
-        settings += [(f"{args.max_duration:g}s fp32 stepwise", 1000, args.max_duration, False, False, "stepwise")]
-    if args.compile_step:
-        settings += [(f"{args.max_duration:g}s fp32 compiled step", 1000, args.max_duration, False, False, "compiled")]
+    loops = [""] + ["stepwise"] * args.stepwise + ["compiled"] * args.compile_step
+    settings = [
+        (f"{name} fp32{' ' + loop if loop else ''}".replace("compiled", "compiled step"), bs, md, False, False, loop)
+        for name, bs, md in (("b8", 8, 0.0), (f"{args.max_duration:g}s", 1000, args.max_duration))
+        for loop in loops
+    ]
     if args.device.startswith("cuda"):
         settings += [("b8 bf16", 8, 0.0, True, False, ""), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False, "")]
     if args.compile:
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             if loop and cfg["decoder"].get("type", "rnn") != "rnn":
                 continue
             try:
-                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, stepwise=loop == "stepwise", compile_step=loop == "compiled")
+                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, decoder_loop=loop)
             except Exception as e:  # one failing setting (e.g. compile) must not lose the others
                 print(f"{label:<22}failed: {type(e).__name__}: {str(e)[:200]}")
                 continue
