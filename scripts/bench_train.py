@@ -17,7 +17,9 @@ Trainer's own per-epoch figures are in each experiment's ``train_summary.json`` 
 ``--stepwise`` adds, for the RNN decoder, a row with its teacher forcing as ``U`` calls of the decoding ``step``
 (embedding and output layer inside the loop: the training loop before it was hoisted); ``--compile_step`` rows
 with that step compiled (``compile_decoder_step``; compile time in the last column). ``--compile`` adds rows with ``torch.compile`` on the encoder (the attention decoders' step loops are left
-eager; compile time is reported, not included in the throughput).
+eager; compile time is reported, not included in the throughput). ``--count_ops`` adds, per row, the operator
+calls of one training step (``torch.profiler``: ATen calls, top-level ATen calls, CUDA kernel launches), per step
+and per output token: where a small-batch step is bound by calls, not arithmetic, these predict its time.
 """
 
 from __future__ import annotations
@@ -49,10 +51,36 @@ def model_config(experiment: str) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
-def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, decoder_loop: str = "") -> dict:
+def count_ops(step, device: str) -> dict:
+    """Operator calls of one training step ``step()`` (forward, backward, clipping, Adam), by ``torch.profiler``:
+    ``aten_calls`` every ``aten::`` call (nested ones included), ``top_aten`` those not inside another ``aten::``
+    call (what the Python side dispatches), ``kernels`` CUDA kernel launches (CUDA only, else NaN). At small
+    batches a step's time follows these counts, not its arithmetic (recipes/an4/README.md, "GPU")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    # A call is top-level when no aten:: call on the same thread encloses it (profiler intervals nest).
+    top, open_ends = 0, {}
+    for e in sorted(aten, key=lambda e: (e.thread, e.time_range.start, -e.time_range.end)):
+        if open_ends.get(e.thread, -1) < e.time_range.end:
+            top += 1
+            open_ends[e.thread] = e.time_range.end
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA) if device.startswith("cuda") else float("nan")
+    return {"aten_calls": len(aten), "top_aten": top, "kernels": kernels}
+
+
+def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_size: int, max_duration: float, bf16: bool, compile_: bool, steps: int, warmup: int, seed: int = 0, decoder_loop: str = "", ops: bool = False) -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones; returns the row's figures. ``decoder_loop``:
     "" (the model's own), ``"stepwise"`` (the RNN decoder's teacher forcing as U calls of its decoding ``step``,
-    the loop before the hoisted one) or ``"compiled"`` (``compile_decoder_step``)."""
+    the loop before the hoisted one) or ``"compiled"`` (``compile_decoder_step``). ``ops``: also count the
+    operator calls of one more step on the first batch (:func:`count_ops`), per step and per output token
+    (reference tokens + eos of that batch)."""
     stepwise, compile_step = decoder_loop == "stepwise", decoder_loop == "compiled"
     torch.manual_seed(seed)
     model = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, 80, cmvn).to(device).train()
@@ -80,18 +108,22 @@ def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_si
         torch.cuda.reset_peak_memory_stats()
     audio_s = utts = 0.0
     t0 = None
-    for i, b in enumerate(batches):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        b = b.to(device)
-        t_step = time.perf_counter()
+
+    def train_step(b) -> None:
         with amp:
             out = model(b.feats, b.feat_lens, b.tokens, b.token_lens)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
+
+    for i, b in enumerate(batches):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        b = b.to(device)
+        t_step = time.perf_counter()
+        train_step(b)
         if i < warmup and (compile_ or compile_step):
             sync()
             compile_s += time.perf_counter() - t_step
@@ -109,6 +141,12 @@ def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_si
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan"),
         "compile_warmup_s": compile_s,
     }
+    if ops:
+        b = batches[0].to(device)
+        counts = count_ops(lambda: train_step(b), device)
+        n_tokens = int(b.token_lens.sum()) + len(b.ids)
+        row.update(counts)
+        row.update({f"{k}_per_token": v / n_tokens for k, v in counts.items()})
     return row
 
 
@@ -125,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stepwise", action="store_true", help="also a row with the RNN decoder's step-by-step teacher forcing")
     ap.add_argument("--compile_step", action="store_true", help="also rows with the RNN decoder's step compiled (compile_decoder_step)")
     ap.add_argument("--only_b8", action="store_true", help="rows with batches of 8 only")
+    ap.add_argument("--count_ops", action="store_true", help="also count operator calls (ATen, top-level ATen, CUDA kernels) of one step, per output token")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
@@ -163,12 +202,15 @@ def main(argv: list[str] | None = None) -> None:
             if loop and cfg["decoder"].get("type", "rnn") != "rnn":
                 continue
             try:
-                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, decoder_loop=loop)
+                r = run_setting(cfg, ds, tok, cmvn, args.device, bs, md, bf16, comp, args.steps, args.warmup, decoder_loop=loop, ops=args.count_ops)
             except Exception as e:  # one failing setting (e.g. compile) must not lose the others
                 print(f"{label:<22}failed: {type(e).__name__}: {str(e)[:200]}")
                 continue
             base = base or r
             print(f"{label:<22}{r['audio_s_per_s']:>10.0f}{r['audio_h_per_device_h']:>9.0f}{r['utts_per_s']:>8.1f}{r['steps_per_s']:>9.2f}{r['mean_batch_utts']:>8.1f}{r['peak_mem_gib']:>10.2f}{r['audio_s_per_s'] / base['audio_s_per_s']:>10.2f}{r['compile_warmup_s']:>10.1f}")
+            if args.count_ops:
+                print(f"{'':<22}ops of one step: {r['aten_calls']} ATen calls, {r['top_aten']} top-level, {r['kernels']} CUDA kernels;"
+                      f" per output token {r['aten_calls_per_token']:.0f} / {r['top_aten_per_token']:.0f} / {r['kernels_per_token']:.0f}")
             rows.append({"model": name, "setting": label, "device": gpu, **r})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

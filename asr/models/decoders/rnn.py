@@ -279,7 +279,8 @@ class RNNAttentionDecoder(nn.Module):
         the output layer over every ``a_t`` are one batched call each, before and after the loop, instead of
         ``U`` small ones (at batches of 8 the step loop is bound by the number of kernel launches / op calls, not
         arithmetic: recipes/an4/README.md, "GPU"; ``scripts/bench_train.py --stepwise`` measures it).
-        Same result as calling :meth:`step` ``U`` times (:meth:`forward_stepwise`, to float rounding).
+        Same result as calling :meth:`step` ``U`` times (:meth:`forward_stepwise`, to float rounding), dropout
+        masks included for the same seed.
 
         Parameters
         ----------
@@ -293,13 +294,15 @@ class RNNAttentionDecoder(nn.Module):
         """
         memory = self.memory(hs, hs_lens)
         state = self.init_state(memory)
-        embs = self.dropout(self.embed(ys_in))  # (B, U, E)
+        embs = self.embed(ys_in)  # (B, U, E)
         att_hiddens, weights = [], []
         for t in range(ys_in.shape[1]):
-            a, w, state = self._advance(embs[:, t], state, memory)
-            att_hiddens.append(a)
+            # Dropout stays per step, in the order step() draws its masks (embedding, between layers, a_t), so a
+            # seed gives the same training run as the step-by-step loop did (and as forward_stepwise does).
+            a, w, state = self._advance(self.dropout(embs[:, t]), state, memory)
+            att_hiddens.append(self.dropout(a))
             weights.append(w)
-        return self.output(self.dropout(torch.stack(att_hiddens, 1))), torch.stack(weights, 1)
+        return self.output(torch.stack(att_hiddens, 1)), torch.stack(weights, 1)
 
     def forward_stepwise(self, hs: Tensor, hs_lens: Tensor, ys_in: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward` as ``U`` calls of :meth:`step` (the decoding path): the reference for tests and the
