@@ -37,7 +37,9 @@ if [ "${plan}" = 2026-12-04 ]; then
     timeout 30 python ../../scripts/bench_train.py --recipe . --device "${dev}" --steps "${bench_steps}" --compile --only_compile > "${logs}/bench_compile.log" 2>&1
 else
     stamp "bench_train (pBLSTM decoder step: hoisted, stepwise, compiled)"
-    timeout 80 python ../../scripts/bench_train.py --recipe . --device "${dev}" --models pblstm --only_b8 --steps "${bench_steps}" --stepwise --compile_step --json "${out}/bench.json" > "${logs}/bench.log" 2>&1
+    # --count_ops: CUDA kernel launches per step and per output token of each loop (one profiled step per row);
+    # unbuffered, so a timeout keeps the rows printed so far.
+    PYTHONUNBUFFERED=1 timeout 100 python ../../scripts/bench_train.py --recipe . --device "${dev}" --models pblstm --only_b8 --steps "${bench_steps}" --stepwise --compile_step --count_ops --json "${out}/bench.json" > "${logs}/bench.log" 2>&1
     : > "${logs}/bench_compile.log"
 fi
 stamp "trainings"
