@@ -3,6 +3,7 @@ its fbank, and small models and checkpoints for decoding tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -81,3 +82,11 @@ def an4_root() -> Path | None:
     """The real corpus if ``AN4_ROOT`` points at it."""
     p = os.environ.get("AN4_ROOT")
     return Path(p) if p and Path(p, "etc").is_dir() else None
+
+
+def load_script(name: str):
+    """The module ``scripts/<name>.py`` (the scripts are not a package), loaded afresh."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from asr.models.attention import build_attention
 from asr.models.decoders.rnn import RNNAttentionDecoder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_script
 
 
 def test_count_ops_counts_calls_and_hoisted_loop_dispatches_fewer():
-    bench = _bench()
+    bench = load_script("bench_train")
     torch.manual_seed(0)
     dec = RNNAttentionDecoder(12, 24, build_attention("location_aware", 20, 24, att_dim=16, kernel_size=5), embed_dim=8, hidden_size=20, dropout=0.1).train()
     keys, lens = torch.randn(3, 7, 24), torch.tensor([7, 4, 5])
