@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -272,7 +274,10 @@ def test_compiled_decoder_step_matches_eager_with_gradients(real_feats):
     enc = PyramidalBLSTMEncoder(80, hidden_size=16, num_layers=2, subsample=[4, 2], dropout=0.0).eval()
     with torch.no_grad():
         hs, hs_lens = enc(xs, lens)
-    dec = RNNAttentionDecoder(12, enc.output_dim, build_attention("location_aware", 20, enc.output_dim, att_dim=16, kernel_size=5), embed_dim=8, hidden_size=20, dropout=0.0).train()
+    def make_dec() -> RNNAttentionDecoder:
+        return RNNAttentionDecoder(12, enc.output_dim, build_attention("location_aware", 20, enc.output_dim, att_dim=16, kernel_size=5), embed_dim=8, hidden_size=20, dropout=0.0).train()
+
+    dec = make_dec()
     ys_in = torch.randint(0, 12, (3, 7))
     results = []
     for compiled in (False, True):
@@ -290,3 +295,16 @@ def test_compiled_decoder_step_matches_eager_with_gradients(real_feats):
     memory = dec.memory(hs, hs_lens)
     lo, w, _ = dec.step(ys_in[:, 0], dec.init_state(memory), memory)
     torch.testing.assert_close(lo, l1[:, 0], rtol=1e-4, atol=1e-5)
+    # A deep copy of the compiled decoder steps with its own weights, not the original's.
+    twin = copy.deepcopy(dec)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    eager_twin = make_dec()
+    eager_twin.load_state_dict(twin.state_dict())
+    with torch.no_grad():
+        lt, wt = twin(hs, hs_lens, ys_in)
+        le, we = eager_twin(hs, hs_lens, ys_in)
+    assert not torch.allclose(lt, l1, atol=1e-3)
+    torch.testing.assert_close(lt, le, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(wt, we, rtol=1e-4, atol=1e-5)

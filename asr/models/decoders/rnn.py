@@ -194,7 +194,7 @@ class RNNAttentionDecoder(nn.Module):
         weights : Tensor ``(B, S)`` attention weights of this step
         state : DecoderState
         """
-        att_hidden, weights, state = self._advance(self.dropout(self.embed(y_prev)), state, memory, constraint)
+        att_hidden, weights, state = self._recur(self.dropout(self.embed(y_prev)), state, memory, constraint)
         logits = self.output(self.dropout(att_hidden))
         if state.window_end is not None and constraint is not None and constraint.eos_id is not None:
             logits[:, constraint.eos_id] = logits[:, constraint.eos_id].masked_fill(~state.window_end, float("-inf"))
@@ -235,7 +235,18 @@ class RNNAttentionDecoder(nn.Module):
         ``torch.compile``.
         """
         compile_kwargs.setdefault("dynamic", True)
-        self._advance = torch.compile(type(self)._advance.__get__(self), **compile_kwargs)  # type: ignore[method-assign]
+        # The unbound function, called with the module as its first argument: a bound method stored on the
+        # instance would survive copy.deepcopy and make the copy step with the original's weights.
+        self._compiled_advance = torch.compile(type(self)._advance, **compile_kwargs)
+
+    def _recur(
+        self, emb: Tensor, state: DecoderState, memory: EncoderMemory, constraint: AttentionConstraint | None = None
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        """:meth:`_advance`, through ``torch.compile`` after :meth:`compile_step`."""
+        fn = self.__dict__.get("_compiled_advance")
+        if fn is None:
+            return self._advance(emb, state, memory, constraint)
+        return fn(self, emb, state, memory, constraint)
 
     def restart(self, state: DecoderState, rows: Tensor) -> DecoderState:
         """Start a new utterance in the rows ``rows (B,)`` bool of ``state`` where attention last peaked: zero LSTM
@@ -299,7 +310,7 @@ class RNNAttentionDecoder(nn.Module):
         for t in range(ys_in.shape[1]):
             # Dropout stays per step, in the order step() draws its masks (embedding, between layers, a_t), so a
             # seed gives the same training run as the step-by-step loop did (and as forward_stepwise does).
-            a, w, state = self._advance(self.dropout(embs[:, t]), state, memory)
+            a, w, state = self._recur(self.dropout(embs[:, t]), state, memory)
             att_hiddens.append(self.dropout(a))
             weights.append(w)
         return self.output(torch.stack(att_hiddens, 1)), torch.stack(weights, 1)
