@@ -164,6 +164,7 @@ class RNNAttentionDecoder(nn.Module):
         self.W_c = nn.Linear(enc_dim + hidden_size, hidden_size)
         self.output = nn.Linear(hidden_size, vocab_size)
         self.dropout = nn.Dropout(dropout)
+        self._compiled_advance = None  # set by compile_step
 
     def memory(self, hs: Tensor, hs_lens: Tensor) -> EncoderMemory:
         """Wrap encoder output ``hs (B, S, Dk)`` with its mask and the attention's key projection."""
@@ -243,10 +244,9 @@ class RNNAttentionDecoder(nn.Module):
         self, emb: Tensor, state: DecoderState, memory: EncoderMemory, constraint: AttentionConstraint | None = None
     ) -> tuple[Tensor, Tensor, DecoderState]:
         """:meth:`_advance`, through ``torch.compile`` after :meth:`compile_step`."""
-        fn = self.__dict__.get("_compiled_advance")
-        if fn is None:
+        if self._compiled_advance is None:
             return self._advance(emb, state, memory, constraint)
-        return fn(self, emb, state, memory, constraint)
+        return self._compiled_advance(self, emb, state, memory, constraint)
 
     def restart(self, state: DecoderState, rows: Tensor) -> DecoderState:
         """Start a new utterance in the rows ``rows (B,)`` bool of ``state`` where attention last peaked: zero LSTM
