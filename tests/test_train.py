@@ -172,6 +172,33 @@ def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     torch.testing.assert_close(model.decoder.output.weight, (w[0] + w[1]) / 2)
 
 
+def test_init_param_starts_a_new_run_from_trained_weights(mini_an4, tmp_path):
+    """init_param (ESPnet's --init_param): the new run starts at epoch 0 with a fresh optimiser from the given
+    checkpoint's weights (lr 0 keeps them, so the new run's checkpoint holds exactly those weights); a checkpoint of
+    another size or tokenizer is refused with a message naming the file and what does not fit."""
+    from asr.cli.train import train
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(_cfg(mini_an4, first, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "seed=1"]))
+    src = first / "checkpoints/last.ckpt"
+    summary = train(_cfg(mini_an4, second, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "seed=2", "optim.lr=0", f"init_param={src}"]))
+    assert summary["epochs"] == 1
+    a, b = torch.load(src, weights_only=True), torch.load(second / "checkpoints/last.ckpt", weights_only=True)
+    assert b["epoch"] == 0 and b["global_step"] == 2  # a new run, not a resume
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
+
+    bigger = [o.replace("hidden_size=32", "hidden_size=48") for o in TINY]
+    with pytest.raises(ValueError, match=r"last\.ckpt does not fit this model: .* in the checkpoint, .* in the model"):
+        train(_cfg(mini_an4, tmp_path / "third", [*bigger, "trainer.max_epochs=1", f"init_param={src}"]))
+    other_tok = tmp_path / "other_tok.ckpt"
+    a["asr"]["tokenizer_proto"] = a["asr"]["tokenizer_proto"] + b"x"
+    torch.save(a, other_tok)
+    with pytest.raises(ValueError, match="other_tok.ckpt: trained with another tokenizer"):
+        train(_cfg(mini_an4, tmp_path / "fourth", [*TINY, "trainer.max_epochs=1", f"init_param={other_tok}"]))
+
+
 @pytest.mark.parametrize("batching", [("data.batch_size=1",), ("data.batch_size=1000", "data.max_duration=2.0")], ids=["count", "duration"])
 def test_ddp_two_cpu_processes(mini_an4, tmp_path, batching):
     """trainer=ddp with 2 CPU processes (gloo): each rank gets its own share of the batches (1 utterance each:

@@ -33,6 +33,7 @@ from asr.lightning.data import ASRDataModule
 from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.lightning.csv_log import ResumableCSVLogger
 from asr.lightning.module import ASRLightningModule
+from asr.models.checkpoint import ASR_KEY, model_state_dict, read_checkpoint
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_torch_save, atomic_write_text, remove_stale_temp_files
 from asr.utils.paths import CONF_DIR
@@ -106,6 +107,33 @@ def batch_frame_budget(data_cfg: DictConfig, fb: FbankOptions) -> int:
     return min(b for b in (frames, from_duration) if b > 0) if (frames or from_duration) else 0
 
 
+def init_model_from(model: torch.nn.Module, path: str | os.PathLike[str], tokenizer: Tokenizer) -> None:
+    """Initialise ``model`` with the weights of the training checkpoint at ``path`` (ESPnet's ``--init_param``):
+    a new run (epoch 0, fresh optimiser and LR schedule) that starts from a trained model, e.g. a second
+    cosine cycle (SGDR, Loshchilov & Hutter 2017, arXiv 1608.03983) or fine-tuning. Every weight is taken,
+    the CMVN statistics (model buffers) included, so the model sees its inputs normalised as it was trained.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not an ``asr`` checkpoint or not loadable with ``weights_only=True``; trained with another tokenizer
+        (token ids would mean other tokens); or its weights do not fit ``model`` (missing, unexpected or
+        differently shaped tensors, named in the message).
+    """
+    ckpt = read_checkpoint(path)
+    if ckpt[ASR_KEY].get("tokenizer_proto") != tokenizer.proto:
+        raise ValueError(f"init_param {path}: trained with another tokenizer than the {tokenizer.vocab_size}-token one of this run")
+    state, own = model_state_dict(ckpt), model.state_dict()
+    problems = [f"missing {k}" for k in sorted(own.keys() - state.keys())] + [f"unexpected {k}" for k in sorted(state.keys() - own.keys())]
+    problems += [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model" for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"init_param {path} does not fit this model: {'; '.join(problems[:5])}{more}")
+    model.load_state_dict(state)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train from a composed config; returns a summary (best checkpoint, best dev WER, epochs, wall time).
 
@@ -114,7 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     FileNotFoundError
         Tokenizer model, CMVN statistics or data dirs missing (the message names the recipe stage).
     ValueError
-        ``ckpt_path`` is not loadable with ``weights_only=True`` (refused; nothing in it runs).
+        ``ckpt_path`` is not loadable with ``weights_only=True`` (refused; nothing in it runs); ``init_param``
+        does not fit the model (`init_model_from`).
     asr.lightning.module.TrainingDivergedError
         ``max_bad_steps`` optimiser steps in a row had a non-finite loss or gradient.
     """
@@ -146,6 +175,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment,
         seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)), fbank=fb,
     )
+    if cfg.get("init_param"):
+        init_model_from(module.model, cfg.init_param, tokenizer)
+        log.info("model initialised from %s (a resumed run restores its own weights over it)", cfg.init_param)
     if cfg.get("compile_decoder_step"):
         if not callable(getattr(module.model.decoder, "compile_step", None)):
             raise ValueError(f"compile_decoder_step: the {type(module.model.decoder).__name__} has no step loop to compile (RNN decoders only)")
