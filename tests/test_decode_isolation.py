@@ -466,7 +466,7 @@ def test_segments_are_cut_in_pauses(tmp_path):
     assert find_segments(feats[:700], opts) == [(0, 700)]
 
 
-def test_long_recording_decodes_as_segments_with_times_and_plots(tmp_path, tiny_ckpt):
+def test_long_recording_decodes_as_segments_with_times_and_plots(tmp_path, tiny_ckpt, capsys):
     from asr.cli.plot import plot_decode_dir
 
     p, _ = _with_gaps(tmp_path, 18)
@@ -475,6 +475,8 @@ def test_long_recording_decodes_as_segments_with_times_and_plots(tmp_path, tiny_
     out = tmp_path / "dec"
     info = _decode(tiny_ckpt, out, audio=[str(p), str(GOOD_WAV)], longform_max_s=20.0, longform_min_s=10.0)
     assert info["n_utts"] == 2 and info["n_segmented"] == 1 and info["n_segments"] >= 3
+    n_units = 1 + info["n_segments"]  # the summary line counts utterances, and says how many segments were decoded
+    assert f"decoded 2 utterances as {n_units} decoding units (1 long recording(s) split into {info['n_segments']} segments)" in capsys.readouterr().out
     row = _rows(out)["long"]
     segs = row["segments"]
     assert len(segs) == info["n_segments"] and segs[0]["start"] == 0.0

@@ -504,8 +504,11 @@ def _decode_locked(
     )
     write_meta(info, out_dir)
     remove_partial(out_dir)
-    reused = f" + {resumed} resumed" if resumed else ""
-    print(f"decoded {len(rows) - resumed} utterances{reused} ({audio_s:.1f} s of audio) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
+    # Counts in the user's units: utterances of the data dir. Long recordings are decoded as several segments,
+    # so the number of decoded items can exceed the number of utterances; say so rather than print a larger count.
+    units = f" as {len(rows)} decoding units ({len(parents)} long recording(s) split into {info['n_segments']} segments)" if parents else ""
+    reused = f", {resumed} unit(s) resumed from an earlier run" if resumed else ""
+    print(f"decoded {len(ids)} utterances{units}{reused} ({audio_s:.1f} s of audio newly decoded) in {elapsed:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
     return info
 
 
