@@ -2,6 +2,8 @@
 
     python scripts/bench_train.py --recipe recipes/an4 --device cuda            # after recipe stages 1-3
     python scripts/bench_train.py --recipe recipes/an4 --device cpu --steps 5 --threads 2
+    python scripts/bench_train.py --device cpu --models transformer --only_b8 --bf16 --threads 1 \
+        --overrides "model.encoder.d_model=192 model.encoder.ff_dim=768 ..."   # the CPU-sized Transformer
 
 For each model (the default pBLSTM experiment ``an4/location_aware_x4_noaug`` and ``an4/transformer_ctc``) and
 each setting, it runs real training steps (forward with the teacher-forced attention + CTC loss, backward,
@@ -44,10 +46,11 @@ from asr.utils.paths import CONF_DIR
 EXPERIMENTS = {"pblstm": "an4/location_aware_x4_noaug", "transformer": "an4/transformer_ctc"}
 
 
-def model_config(experiment: str) -> dict:
-    """The ``model`` config of a training experiment, as ``asr-train experiment=...`` composes it."""
+def model_config(experiment: str, overrides: list[str] | None = None) -> dict:
+    """The ``model`` config of a training experiment, as ``asr-train experiment=... <overrides>`` composes it
+    (``overrides``: Hydra overrides such as ``model.encoder.d_model=192``; only their ``model`` part matters)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"])
+        cfg = compose("train", overrides=[f"experiment={experiment}", *(overrides or [])])
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stepwise", action="store_true", help="also a row with the RNN decoder's step-by-step teacher forcing")
     ap.add_argument("--compile_step", action="store_true", help="also rows with the RNN decoder's step compiled (compile_decoder_step)")
     ap.add_argument("--only_b8", action="store_true", help="rows with batches of 8 only")
+    ap.add_argument("--bf16", action="store_true", help="also bf16 autocast rows on the CPU (always on CUDA): "
+                    "CPUs with AMX or AVX512-BF16 run the matrix products in bf16 (trainer.precision=bf16-mixed)")
+    ap.add_argument("--overrides", default="", help="Hydra overrides for every model's config, space-separated, "
+                    "e.g. the CPU-sized Transformer: 'model.encoder.d_model=192 model.encoder.num_layers=6 ...'")
     ap.add_argument("--count_ops", action="store_true", help="also count operator calls (ATen, top-level ATen, CUDA kernels) of one step, per output token")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, bs, md in (("b8", 8, 0.0), (f"{args.max_duration:g}s", 1000, args.max_duration))
         for loop in loops
     ]
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") or args.bf16:
         settings += [("b8 bf16", 8, 0.0, True, False, ""), (f"{args.max_duration:g}s bf16", 1000, args.max_duration, True, False, "")]
     if args.compile:
         settings += [(f"{args.max_duration:g}s {'bf16' if args.device.startswith('cuda') else 'fp32'} compile", 1000, args.max_duration, args.device.startswith("cuda"), True, "")]
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = [s for s in settings if s[1] == 8]
     rows = []
     for name in args.models.split(","):
-        cfg = model_config(EXPERIMENTS[name])
+        cfg = model_config(EXPERIMENTS[name], args.overrides.split())
         base = None
         print(f"\n{name} ({EXPERIMENTS[name]})")
         print(f"{'setting':<22}{'audio s/s':>10}{'h/dev-h':>9}{'utt/s':>8}{'steps/s':>9}{'B mean':>8}{'peak GiB':>10}{'x audio/s':>10}{'compile s':>10}")

@@ -29,3 +29,11 @@ def test_count_ops_counts_calls_and_hoisted_loop_dispatches_fewer():
     # The hoist takes U - 1 embedding lookups and output layers (forward and backward) out of the loop.
     assert hoisted["top_aten"] < stepwise["top_aten"] - 2 * (u - 1)
     assert hoisted["aten_calls"] < stepwise["aten_calls"]
+
+
+def test_model_config_applies_overrides():
+    """``--overrides`` reaches the benchmarked model (e.g. the CPU-sized Transformer of the recipe README)."""
+    bench = load_script("bench_train")
+    assert bench.model_config("an4/transformer_ctc")["encoder"]["d_model"] == 256
+    small = bench.model_config("an4/transformer_ctc", ["model.encoder.d_model=192", "model.decoder.num_layers=3"])
+    assert small["encoder"]["d_model"] == 192 and small["decoder"]["num_layers"] == 3
