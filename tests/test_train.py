@@ -81,7 +81,7 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
 
 
-def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path):
+def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path, caplog):
     from asr.cli.decode import decode
     from asr.cli.plot import plot_decode_dir
     from asr.cli.score import score_decode_dir
@@ -89,8 +89,10 @@ def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path):
     from asr.models.checkpoint import load_checkpoint
 
     exp = tmp_path / "exp"
-    summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
+    with caplog.at_level("INFO", logger="asr.train"):
+        summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
     assert summary["epochs"] == 1
+    assert "model: pblstm encoder, rnn decoder (location_aware attention)" in caplog.text
     best = exp / "checkpoints/best.ckpt"
     assert best.is_file() and (exp / "checkpoints/last.ckpt").is_file()
     # checkpoints load with weights_only=True and rebuild the model, tokenizer and CMVN

@@ -381,7 +381,7 @@ def test_plot_head_grids_from_decode_dir(tmp_path, mini_an4, real_feats, tf_mode
 # ---- the experiment config through Lightning -------------------------------------------------------------
 
 
-def test_transformer_ctc_experiment_trains_decodes_and_plots_heads(mini_an4, tmp_path):
+def test_transformer_ctc_experiment_trains_decodes_and_plots_heads(mini_an4, tmp_path, caplog):
     """conf/experiment/an4/transformer_ctc.yaml (shrunk) for one epoch: noam schedule in a real Trainer,
     checkpoint round trip, beam decoding, and asr-plot's heads=true on the decode directory."""
     from hydra import compose, initialize_config_dir
@@ -404,8 +404,11 @@ def test_transformer_ctc_experiment_trains_decodes_and_plots_heads(mini_an4, tmp
         ])
     assert cfg.name == "an4_transformer_ctc" and cfg.optim.schedule == "cosine" and cfg.model.ctc_weight == 0.3
     assert cfg.model.init == "xavier_uniform" and cfg.optim.warmup_epochs == 10
-    summary = train(cfg)
+    with caplog.at_level("INFO", logger="asr.train"):
+        summary = train(cfg)
     assert summary["epochs"] == 1
+    # the log names what was built (it used to say "location_aware attention": model.attention, unused here)
+    assert "model: transformer encoder, transformer decoder (multi-head cross-attention)" in caplog.text
     model, tok, meta = load_checkpoint(str(exp / "checkpoints/best.ckpt"))
     assert type(model.decoder).__name__ == "TransformerDecoder" and model.subsampling_factor == 4 and model.ctc is not None
     out = tmp_path / "decode"

@@ -183,7 +183,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"compile_decoder_step: the {type(module.model.decoder).__name__} has no step loop to compile (RNN decoders only)")
         module.model.decoder.compile_step()
     n_params = sum(p.numel() for p in module.model.parameters())
-    log.info("model: %s attention, %.2f M parameters", model_cfg["attention"]["type"], n_params / 1e6)
+    dec_type = model_cfg["decoder"]["type"]
+    attention = f'{model_cfg["attention"]["type"]} attention' if dec_type == "rnn" else "multi-head cross-attention"
+    log.info("model: %s encoder, %s decoder (%s), %.2f M parameters", model_cfg["encoder"]["type"], dec_type, attention, n_params / 1e6)
 
     ckpt_dir = exp_dir / "checkpoints"
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
