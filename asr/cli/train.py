@@ -184,7 +184,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.model.decoder.compile_step()
     n_params = sum(p.numel() for p in module.model.parameters())
     dec_type = model_cfg["decoder"]["type"]
-    attention = f'{model_cfg["attention"]["type"]} attention' if dec_type == "rnn" else "multi-head cross-attention"
+    # the same test build_model uses to decide whether model.attention is used (needs_attention on the decoder class)
+    uses_scorer = getattr(type(module.model.decoder), "needs_attention", True)
+    attention = f'{model_cfg["attention"]["type"]} attention' if uses_scorer else "multi-head cross-attention"
     log.info("model: %s encoder, %s decoder (%s), %.2f M parameters", model_cfg["encoder"]["type"], dec_type, attention, n_params / 1e6)
 
     ckpt_dir = exp_dir / "checkpoints"
