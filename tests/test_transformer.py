@@ -419,3 +419,28 @@ def test_transformer_ctc_experiment_trains_decodes_and_plots_heads(mini_an4, tmp
     utt = sorted(torch.load(mini_an4 / "dump/train_nodev/feats.pt", weights_only=True))[0]
     (png,) = plot_head_grids(out, [utt], mini_an4 / "dump/train_nodev/feats.pt")
     assert png.stat().st_size > 5000
+
+
+def test_transformer_ctc_cpu_experiment_is_the_measured_override_set():
+    """conf/experiment/an4/transformer_ctc_cpu.yaml composes to exactly the config of the README's CPU runs
+    (an4/transformer_ctc plus their override list), apart from its name: the recipe rows stay reproducible
+    with the short command, and a setting dropped from (or added to) the file fails here."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from asr.utils.paths import CONF_DIR
+
+    readme_overrides = [  # recipes/an4/README.md, the `T` overrides of the bf16 CPU runs, and their schedule
+        "model.encoder.d_model=192", "model.encoder.ff_dim=768", "model.encoder.conv_channels=64",
+        "model.decoder.d_model=192", "model.decoder.ff_dim=768", "model.decoder.num_layers=3",
+        "data.max_duration=0", "data.batch_size=8", "optim.warmup_epochs=null", "model.encoder.num_layers=6",
+        "augment=specaug", "model.decoder.dropout=0.3", "optim.lr=1e-3", "trainer.precision=bf16-mixed",
+        "keep_checkpoints=10", "optim.warmup_steps=1000", "trainer.max_epochs=150",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        short = OmegaConf.to_container(compose("train", overrides=["experiment=an4/transformer_ctc_cpu"]))
+        long = OmegaConf.to_container(compose("train", overrides=["experiment=an4/transformer_ctc", *readme_overrides]))
+    assert short.pop("name") == "an4_transformer_ctc_cpu" and long.pop("name") == "an4_transformer_ctc"
+    assert short.pop("exp_dir") == "exp/${name}" and long.pop("exp_dir") == "exp/${name}"
+    assert short == long
+    assert short["augment"]["num_freq_masks"] == 2 and short["model"]["decoder"]["dropout"] == 0.3
