@@ -33,6 +33,7 @@ from asr.lightning.data import ASRDataModule
 from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.lightning.csv_log import ResumableCSVLogger
 from asr.lightning.module import ASRLightningModule
+from asr.models.asr_model import decoder_uses_attention
 from asr.models.checkpoint import ASR_KEY, model_state_dict, read_checkpoint
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_torch_save, atomic_write_text, remove_stale_temp_files
@@ -184,9 +185,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.model.decoder.compile_step()
     n_params = sum(p.numel() for p in module.model.parameters())
     dec_type = model_cfg["decoder"]["type"]
-    # the same test build_model uses to decide whether model.attention is used (needs_attention on the decoder class)
-    uses_scorer = getattr(type(module.model.decoder), "needs_attention", True)
-    attention = f'{model_cfg["attention"]["type"]} attention' if uses_scorer else "multi-head cross-attention"
+    # build_model's own test of whether model.attention is used
+    attention = f'{model_cfg["attention"]["type"]} attention' if decoder_uses_attention(module.model.decoder) else "multi-head cross-attention"
     log.info("model: %s encoder, %s decoder (%s), %.2f M parameters", model_cfg["encoder"]["type"], dec_type, attention, n_params / 1e6)
 
     ckpt_dir = exp_dir / "checkpoints"

@@ -218,6 +218,22 @@ def xavier_init_(module: nn.Module) -> None:
                     nn.init.zeros_(p)
 
 
+def decoder_uses_attention(decoder: str | type | nn.Module) -> bool:
+    """Whether a decoder takes an attention scorer built from the config's ``model.attention`` group.
+
+    ``decoder`` is a key of ``DECODERS`` (``"rnn"``), a decoder class, or an instance. The RNN decoder takes a
+    scorer (``location``, ``additive``, ...); the Transformer decoder has its own multi-head cross-attention
+    (class attribute ``needs_attention = False``) and ignores that group. Classes without the attribute
+    take a scorer. Raises ``ValueError`` for an unknown type name.
+    """
+    if isinstance(decoder, str):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder type {decoder!r}; choose one of {sorted(DECODERS)}")
+        decoder = DECODERS[decoder]
+    cls = decoder if isinstance(decoder, type) else type(decoder)
+    return bool(getattr(cls, "needs_attention", True))
+
+
 def build_model(
     cfg: Mapping[str, Any],
     vocab_size: int,
@@ -250,7 +266,7 @@ def build_model(
     dec_type = dec_cfg.pop("type")
     if dec_type not in DECODERS:
         raise ValueError(f"unknown decoder type {dec_type!r}; choose one of {sorted(DECODERS)}")
-    if getattr(DECODERS[dec_type], "needs_attention", True):
+    if decoder_uses_attention(dec_type):
         # the RNN decoder takes a scorer from cfg["attention"]; the Transformer decoder has its own
         # multi-head attention and ignores that group
         att_cfg = dict(cfg["attention"])
