@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.from_file(tok_model)
     cmvn = GlobalCMVN.from_file(recipe / "dump/train_nodev/cmvn.pt") if (recipe / "dump/train_nodev/cmvn.pt").is_file() else None
     ds = load_split(recipe / "data/train_nodev", recipe / "dump/train_nodev", tok, FbankOptions())
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    # the CPU's vector capability says whether the bf16 rows can win (AMX / AVX512-BF16) or are emulated (AVX2)
+    cpu = f"CPU ({torch.backends.cpu.get_cpu_capability()}, {'native' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no native'} bf16)"
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"device: {gpu}; torch {torch.__version__}; {len(ds)} utterances of train_nodev; {args.steps} timed steps per row")
     # (label, batch size, max duration, bf16, compile encoder, decoder loop: "" | "stepwise" | "compiled")
     loops = [""] + ["stepwise"] * args.stepwise + ["compiled"] * args.compile_step

@@ -201,6 +201,27 @@ def test_init_param_starts_a_new_run_from_trained_weights(mini_an4, tmp_path):
         train(_cfg(mini_an4, tmp_path / "fourth", [*TINY, "trainer.max_epochs=1", f"init_param={other_tok}"]))
 
 
+def test_cpu_precision_trains_fp32_where_the_cpu_has_no_native_bf16(mini_an4, tmp_path, monkeypatch, caplog):
+    """bf16 asked for on a CPU without AMX / AVX512-BF16 (oneDNN would emulate it at ~0.2x the speed) trains in
+    32-true with a warning; with native bf16, or on a GPU, the configured precision is kept."""
+    from asr.cli.train import cpu_precision, train
+
+    assert cpu_precision("bf16-mixed", "cpu", bf16_supported=False) == "32-true"
+    assert cpu_precision("bf16-true", "cpu", bf16_supported=False) == "32-true"
+    assert cpu_precision("bf16-mixed", "cpu", bf16_supported=True) == "bf16-mixed"
+    assert cpu_precision("bf16-mixed", "gpu", bf16_supported=False) == "bf16-mixed"
+    assert cpu_precision("32-true", "cpu", bf16_supported=False) == "32-true"
+    assert cpu_precision("bf16-mixed", "auto", bf16_supported=False) == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+
+    for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="asr.train"):
+            summary = train(_cfg(mini_an4, tmp_path / f"exp_{native}", [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "data.limit_train=6", "data.limit_dev=3", "trainer.precision=bf16-mixed"]))
+        assert summary["precision"] == expected
+        assert ("CPU without native bf16" in caplog.text) == (not native)
+
+
 @pytest.mark.parametrize("batching", [("data.batch_size=1",), ("data.batch_size=1000", "data.max_duration=2.0")], ids=["count", "duration"])
 def test_ddp_two_cpu_processes(mini_an4, tmp_path, batching):
     """trainer=ddp with 2 CPU processes (gloo): each rank gets its own share of the batches (1 utterance each:

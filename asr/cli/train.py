@@ -216,6 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     callbacks.append(last_cb)  # after the other checkpoint callbacks: its file carries their final state
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = cpu_precision(trainer_kwargs.get("precision", "32-true"), str(trainer_kwargs.get("accelerator", "auto")))
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         ckpt_path = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
@@ -243,6 +244,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_wall_s": round(clock.elapsed, 1),  # all runs of this experiment (resumes included)
         "last_run_wall_s": round(wall, 1),
         "n_params": n_params,
+        "precision": str(trainer_kwargs["precision"]),  # as trained (cpu_precision may have replaced bf16)
         "machine": _machine(),
     }
     if trainer.is_global_zero:
@@ -251,10 +253,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def cpu_precision(precision: str | int, accelerator: str, bf16_supported: bool | None = None) -> str | int:
+    """The Lightning ``precision`` to train with: ``precision`` itself, except bf16 on a CPU that cannot compute in
+    bf16, where it is ``"32-true"`` (with a warning).
+
+    bf16 autocast pays on a CPU with AMX or AVX512-BF16 (1.19x faster steps for the CPU Transformer,
+    ``scripts/bench_train.py --bf16``); on a CPU without them (AVX2 only, e.g. an AMD EPYC without AVX-512) oneDNN
+    emulates bf16 and the same step runs 0.21x as fast as fp32 (same bench, 1 thread, batches of 8; recipes/an4/README.md
+    "GPU" section). An experiment file that asks for bf16 (``an4/transformer_ctc_cpu``) must not become 5x slower on
+    such a machine without a word.
+
+    Args:
+        precision: ``trainer.precision`` as configured (``"bf16-mixed"``, ``"bf16-true"``, ``"32-true"``, ``16``...).
+        accelerator: ``trainer.accelerator`` (``"cpu"``, ``"gpu"``, ``"auto"``...); ``"auto"`` counts as CPU when no
+            CUDA device is visible.
+        bf16_supported: whether this CPU computes bf16 natively; ``None``: ask oneDNN
+            (``torch.ops.mkldnn._is_mkldnn_bf16_supported``).
+    Returns:
+        ``precision`` unchanged, or ``"32-true"`` for bf16 on a CPU without native bf16.
+    """
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (on_cpu and str(precision).startswith("bf16")):
+        return precision
+    if bf16_supported is None:
+        bf16_supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if bf16_supported:
+        return precision
+    log.warning(
+        "trainer.precision=%s asked for on a CPU without native bf16 (capability %s: no AMX / AVX512-BF16): oneDNN would "
+        "emulate it at ~0.2x the speed of fp32; training in 32-true instead",
+        precision, torch.backends.cpu.get_cpu_capability(),
+    )
+    return "32-true"
+
+
 def _machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads)"
+    model = ""
+    try:  # Linux: the CPU's model name, so that a figure can say which CPU gave it
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"CPU x{os.cpu_count()}{' ' + model if model else ''} ({torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} torch threads)"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
