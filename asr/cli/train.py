@@ -259,8 +259,8 @@ def cpu_precision(precision: str | int, accelerator: str, bf16_supported: bool |
 
     bf16 autocast pays on a CPU with AMX or AVX512-BF16 (1.19x faster steps for the CPU Transformer,
     ``scripts/bench_train.py --bf16``); on a CPU without them (AVX2 only, e.g. an AMD EPYC without AVX-512) oneDNN
-    emulates bf16 and the same step runs 0.21x as fast as fp32 (same bench, 1 thread, batches of 8; recipes/an4/README.md
-    "GPU" section). An experiment file that asks for bf16 (``an4/transformer_ctc_cpu``) must not become 5x slower on
+    emulates bf16 and the same step runs 0.21x as fast as fp32 (same bench, 1 thread, batches of 8, AMD EPYC; recipes/an4/README.md,
+    section "Session 15"). An experiment file that asks for bf16 (``an4/transformer_ctc_cpu``) must not become 5x slower on
     such a machine without a word.
 
     Args:
