@@ -264,9 +264,7 @@ def build_model(
     encoder = ENCODERS[enc_type](input_dim=feat_dim, **enc_cfg)
     dec_cfg = dict(cfg["decoder"])
     dec_type = dec_cfg.pop("type")
-    if dec_type not in DECODERS:
-        raise ValueError(f"unknown decoder type {dec_type!r}; choose one of {sorted(DECODERS)}")
-    if decoder_uses_attention(dec_type):
+    if decoder_uses_attention(dec_type):  # raises ValueError for an unknown decoder type
         # the RNN decoder takes a scorer from cfg["attention"]; the Transformer decoder has its own
         # multi-head attention and ignores that group
         att_cfg = dict(cfg["attention"])
