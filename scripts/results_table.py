@@ -16,6 +16,11 @@ decoded together) gives an ensemble row, wherever its ``decode_{dev,test}_<setti
 member experiment folders, parameters, epochs and training time are the members' (summed, joined by ``+``) and
 its command is the two ``asr-decode`` + ``asr-score`` calls that rebuild it, run from ``recipes/an4`` as the
 recipe commands are.
+
+An experiment trained from another's weights (``--train_args "init_param=exp/<parent>/checkpoints/<x>.ckpt ..."``,
+a warm restart) is described with its whole chain, as long as the parents' folders are below ``exp_root``: epochs
+``212 + 200`` (parent first), the training times summed, and the command starts with each parent's training
+(``--stage 4 --stop_stage 4``) joined by ``&&``.
 """
 
 from __future__ import annotations
@@ -69,6 +74,32 @@ def _label(exp: Path) -> tuple[str, str]:
         base = base.replace("an4_", "an4_pblstm_", 1)
     tag = exp.name[len(base):] if exp.name != base and exp.name.startswith(base) else ""
     return experiment, tag
+
+
+def _train_cmd(experiment: str, tag: str, targs: str, summary: dict) -> str:
+    """The run.sh training-only command (stage 4) of one experiment, for the first links of a chain."""
+    cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --stop_stage 4 --experiment {experiment}"
+    cmd += f" --tag {tag}" if tag else ""
+    cmd += f' --train_args "{targs}"' if targs else ""
+    return f"OMP_NUM_THREADS=1 {cmd}" if "(1 torch threads)" in summary["machine"] else cmd
+
+
+def _parents(exp_root: Path, targs: str) -> list[tuple[Path, dict, str]]:
+    """The chain of experiments whose weights a training started from (``init_param=exp/<parent>/checkpoints/...``),
+    oldest first, as ``(folder, train_summary, train_args)``; it stops at a parent not below ``exp_root`` (or
+    without ``train_summary.json``) and at a loop."""
+    chain: list[tuple[Path, dict, str]] = []
+    seen: set[str] = set()
+    while (m := re.search(r"(?:^|\s)init_param=(\S+)", targs)) is not None:
+        ckpt = Path(m.group(1))
+        name = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.parent.name
+        parent = exp_root / name
+        if name in seen or not (parent / "train_summary.json").is_file():
+            break
+        seen.add(name)
+        targs = _train_args(parent)
+        chain.insert(0, (parent, json.loads((parent / "train_summary.json").read_text()), targs))
+    return chain
 
 
 def _decoding(setting: str, meta: dict) -> str:
@@ -167,10 +198,15 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
                 cmd += f' --train_args "{targs}"'
             if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
                 cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
+            chain = _parents(exp_root, targs)
+            epochs = " + ".join([str(c[1]["epochs"]) for c in chain] + [str(s["epochs"])])
+            wall_s = sum(c[1]["train_wall_s"] for c in chain) + s["train_wall_s"]
+            machine = " / ".join(dict.fromkeys([c[1]["machine"] for c in chain] + [s["machine"]]))
+            cmd = " && ".join([_train_cmd(*_label(p), a, ps) for p, ps, a in chain] + [cmd])
             out.append(
                 f"| {model} | {label} | {_decoding(setting, meta)} | {_f(dev, 'wer')} | {_f(dev, 'cer')} | "
-                f"{_f(test, 'wer')} | {_f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {s['epochs']} | "
-                f"{s['train_wall_s'] / 60:.1f} min | {s['machine']} | {meta['rtf']:.3f} | `{cmd}` |"
+                f"{_f(test, 'wer')} | {_f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {epochs} | "
+                f"{wall_s / 60:.1f} min | {machine} | {meta['rtf']:.3f} | `{cmd}` |"
             )
     return out
 

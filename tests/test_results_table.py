@@ -96,3 +96,30 @@ def test_windowed_and_hard_decodes_get_their_run_sh_options(tmp_path):
     hard, win = _load().rows(tmp_path, None)
     assert "| joint λ=0.3, beam 10, window 8:24, avg5 |" in win and "--average 5 --att_window 8:24" in win
     assert "| joint λ=0.3, beam 10, hard attention, avg5 |" in hard and "--average 5 --hard_attention true" in hard
+
+
+def test_a_warm_restart_row_describes_its_whole_chain(tmp_path):
+    """``init_param=exp/<parent>/...``: epochs and training time of the parents are added, their training commands
+    come first; a parent whose folder is gone leaves the row as the experiment alone."""
+    _experiment(tmp_path, "an4_transformer_ctc_cpu_a", "- experiment=an4/transformer_ctc_cpu\n- threads=2\n- trainer.max_epochs=212\n",
+                4744720, 212, 8722.0)
+    _experiment(tmp_path, "an4_transformer_ctc_cpu_b", "- experiment=an4/transformer_ctc_cpu\n"
+                "- init_param=exp/an4_transformer_ctc_cpu_a/checkpoints/last.ckpt\n- trainer.max_epochs=100\n", 4744720, 100, 3000.0)
+    c = _experiment(tmp_path, "an4_transformer_ctc_cpu_c", "- experiment=an4/transformer_ctc_cpu\n"
+                    "- init_param=exp/an4_transformer_ctc_cpu_b/checkpoints/last.ckpt\n- trainer.max_epochs=50\n", 4744720, 50, 1278.0)
+    gone = _experiment(tmp_path, "an4_transformer_ctc_cpu_d", "- experiment=an4/transformer_ctc_cpu\n"
+                       "- init_param=exp/an4_transformer_ctc_cpu_zz/checkpoints/last.ckpt\n", 4744720, 40, 600.0)
+    for exp in (c, gone):
+        for split in ("dev", "test"):
+            _decode_dir(exp / f"decode_{split}_beam10_ctc0.5_avg5", 15.0, 9.0, ctc_weight=0.5, encoder="transformer", decoder="transformer")
+    chained, alone = _load().rows(tmp_path, None)
+    cells = [x.strip() for x in chained.strip("|").split(" | ")]
+    assert cells[1] == "an4/transformer_ctc_cpu --tag _c"
+    assert cells[8:10] == ["212 + 100 + 50", "216.7 min"]
+    a, b, last = cells[12].strip("`").split(" && ")
+    assert a == ('OMP_NUM_THREADS=1 recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --stop_stage 4 --experiment an4/transformer_ctc_cpu '
+                 '--tag _a --train_args "threads=2 trainer.max_epochs=212"')
+    assert b.endswith('--tag _b --train_args "init_param=exp/an4_transformer_ctc_cpu_a/checkpoints/last.ckpt trainer.max_epochs=100"')
+    assert last.startswith("OMP_NUM_THREADS=1 recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment an4/transformer_ctc_cpu")
+    assert '--tag _c --train_args "init_param=exp/an4_transformer_ctc_cpu_b/checkpoints/last.ckpt trainer.max_epochs=50"' in last
+    assert "| 40 | 10.0 min |" in alone and alone.count("run.sh") == 1
