@@ -76,12 +76,16 @@ def _label(exp: Path) -> tuple[str, str]:
     return experiment, tag
 
 
-def _train_cmd(experiment: str, tag: str, targs: str, summary: dict) -> str:
-    """The run.sh training-only command (stage 4) of one experiment, for the first links of a chain."""
-    cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --stop_stage 4 --experiment {experiment}"
+def _run_sh(stages: str, experiment: str, options: str, tag: str, targs: str, summary: dict, decode: bool) -> str:
+    """A run.sh command of one experiment (``stages``: ``--stage 4`` or ``--stage 4 --stop_stage 4``; ``options``:
+    decoding options, may be empty), 1-thread (``OMP_NUM_THREADS=1``, and ``--decode_args threads=1`` when it
+    decodes) where the training ran so: beside another training, one thread each."""
+    cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT {stages} --experiment {experiment}{options}"
     cmd += f" --tag {tag}" if tag else ""
     cmd += f' --train_args "{targs}"' if targs else ""
-    return f"OMP_NUM_THREADS=1 {cmd}" if "(1 torch threads)" in summary["machine"] else cmd
+    if "(1 torch threads)" in summary["machine"]:
+        cmd = f"OMP_NUM_THREADS=1 {cmd}" + (" --decode_args threads=1" if decode else "")
+    return cmd
 
 
 def _parents(exp_root: Path, targs: str) -> list[tuple[Path, dict, str]]:
@@ -159,6 +163,15 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             continue
         trained = (exp / "train_summary.json").is_file()
         s = json.loads((exp / "train_summary.json").read_text()) if trained else {}
+        if trained:  # what every row of this experiment shares: its label, training and the chain it continues
+            experiment, tag = _label(exp)
+            label = experiment + (f" --tag {tag}" if tag else "")
+            targs = _train_args(exp)
+            chain = _parents(exp_root, targs)
+            chain_cmds = [_run_sh("--stage 4 --stop_stage 4", _label(p)[0], "", _label(p)[1], a, ps, decode=False) for p, ps, a in chain]
+            epochs = " + ".join([str(c[1]["epochs"]) for c in chain] + [str(s["epochs"])])
+            wall_s = sum(c[1]["train_wall_s"] for c in chain) + s["train_wall_s"]
+            machine = " / ".join(dict.fromkeys([c[1]["machine"] for c in chain] + [s["machine"]]))
         for test_dir in sorted(exp.glob("decode_test_*")):
             setting = test_dir.name.removeprefix("decode_test_")
             if only and setting != only:
@@ -175,34 +188,20 @@ def rows(exp_root: Path, only: str | None = None) -> list[str]:
             model = f"{meta.get('encoder', 'pblstm')} + {meta.get('decoder', 'rnn')}"
             if meta.get("decoder", "rnn") == "rnn":
                 model += f" ({meta['attention']})"
-            experiment, tag = _label(exp)
-            targs = _train_args(exp)
             m = re.match(r"beam(\d+)(?:_ctc([\d.]+))?(?:_lp([\d.]+))?(?:_win(\d+)-(\d+))?(_hard)?(?:_avg(\d+))?$", setting)
             beam, ctc, lp, win, hard, avg = (
                 (m.group(1), m.group(2) or "0", m.group(3), m.group(4) and f"{m.group(4)}:{m.group(5)}", m.group(6), m.group(7) or "0")
                 if m
                 else (meta["beam_size"], meta.get("ctc_weight", 0), None, None, None, 0)
             )
-            cmd = f"recipes/an4/run.sh --an4_root $AN4_ROOT --stage 4 --experiment {experiment} --beam_size {beam} --ctc_weight {ctc} --average {avg}"
+            opts = f" --beam_size {beam} --ctc_weight {ctc} --average {avg}"
             if lp is not None:
-                cmd += f" --length_penalty {lp}"
+                opts += f" --length_penalty {lp}"
             if win:
-                cmd += f" --att_window {win}"
+                opts += f" --att_window {win}"
             if hard:
-                cmd += " --hard_attention true"
-            label = experiment
-            if tag:
-                cmd += f" --tag {tag}"
-                label += f" --tag {tag}"
-            if targs:
-                cmd += f' --train_args "{targs}"'
-            if "(1 torch threads)" in s["machine"]:  # ran beside another training, one thread each
-                cmd = f"OMP_NUM_THREADS=1 {cmd} --decode_args threads=1"
-            chain = _parents(exp_root, targs)
-            epochs = " + ".join([str(c[1]["epochs"]) for c in chain] + [str(s["epochs"])])
-            wall_s = sum(c[1]["train_wall_s"] for c in chain) + s["train_wall_s"]
-            machine = " / ".join(dict.fromkeys([c[1]["machine"] for c in chain] + [s["machine"]]))
-            cmd = " && ".join([_train_cmd(*_label(p), a, ps) for p, ps, a in chain] + [cmd])
+                opts += " --hard_attention true"
+            cmd = " && ".join(chain_cmds + [_run_sh("--stage 4", experiment, opts, tag, targs, s, decode=True)])
             out.append(
                 f"| {model} | {label} | {_decoding(setting, meta)} | {_f(dev, 'wer')} | {_f(dev, 'cer')} | "
                 f"{_f(test, 'wer')} | {_f(test, 'cer')} | {s['n_params'] / 1e6:.2f} M | {epochs} | "
