@@ -22,6 +22,16 @@ with that step compiled (``compile_decoder_step``; compile time in the last colu
 eager; compile time is reported, not included in the throughput). ``--count_ops`` adds, per row, the operator
 calls of one training step (``torch.profiler``: ATen calls, top-level ATen calls, CUDA kernel launches), per step
 and per output token: where a small-batch step is bound by calls, not arithmetic, these predict its time.
+
+``--competing N`` measures instead how a shared CPU slows training (issue 29, "Threads that do not fight"): the
+first model of ``--models``, batches of 8, fp32, on the CPU, alone and while ``N`` other busy processes
+(``python -c "while True: pass"``) run, for three thread settings, each in a fresh process (OpenMP reads its
+environment once, on ``import torch``): torch's defaults (one thread per core, OpenMP waiting actively),
+passive OpenMP waiting with the default threads, and ``configure_threads(0)`` with passive waiting (the
+project's default, :mod:`asr.utils.threads`). It prints seconds per step and the ratio with / without
+competition for each; ``--threads`` does not apply there.
+
+    python scripts/bench_train.py --recipe recipes/an4 --models pblstm --competing 1 --steps 4 --warmup 1
 """
 
 from __future__ import annotations
@@ -29,7 +39,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +57,7 @@ from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.models.asr_model import build_model
 from asr.text.tokenizer import Tokenizer
 from asr.utils.paths import CONF_DIR
+from asr.utils.threads import PASSIVE_OMP_ENV, busy_cores, configure_threads, cpu_ticks, sample_busy_cores, set_passive_omp_env
 
 EXPERIMENTS = {"pblstm": "an4/location_aware_x4_noaug", "transformer": "an4/transformer_ctc"}
 
@@ -153,6 +169,66 @@ def run_setting(model_cfg: dict, ds, tok: Tokenizer, cmvn, device: str, batch_si
     return row
 
 
+# --competing: thread settings compared, each run in a fresh process (label, passive OpenMP wait, configure_threads)
+THREAD_MODES = {"default": ("torch default threads, active wait", False), "passive": ("torch default threads, passive wait", True),
+                "auto": ("configure_threads(0), passive wait", True)}
+OMP_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", *PASSIVE_OMP_ENV)
+
+
+def competing_run(args, mode: str, n_busy: int) -> dict:
+    """One ``--competing`` measurement: start ``n_busy`` busy-looping processes, run this script in a fresh process
+    with thread setting ``mode`` (:data:`THREAD_MODES`) on the first model of ``--models`` (b8, fp32, CPU), stop
+    them; returns the child's row (``steps_per_s``, the thread counts it ran with, ...)."""
+    env = {k: v for k, v in os.environ.items() if k not in OMP_VARS}  # the thread settings are the mode's alone
+    if THREAD_MODES[mode][1]:
+        set_passive_omp_env(env)
+    cpus = os.sched_getaffinity(0)
+    ticks0, t0, children0 = cpu_ticks(Path("/proc/stat").read_text(), cpus), time.perf_counter(), _children_cpu_s()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n_busy)]
+    try:
+        time.sleep(1.0)  # let them start spinning before the child looks at the load
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "row.json"
+            cmd = [sys.executable, __file__, "--recipe", args.recipe, "--device", "cpu", "--models", args.models.split(",")[0],
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--only_b8", "--overrides", args.overrides,
+                   "--thread_mode", mode, "--json", str(out)]
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            row = json.loads(out.read_text())[0]
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    # cores used by processes not started here (another user's jobs) during the run: nonzero = a disturbed figure
+    ticks1, wall = cpu_ticks(Path("/proc/stat").read_text(), cpus), time.perf_counter() - t0
+    row["background"] = busy_cores(ticks0, ticks1, len(cpus), _children_cpu_s() - children0, wall)
+    return row
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's waited-for children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def compare_competing(args) -> None:
+    """``--competing N``: seconds per training step alone and with ``N`` busy processes, per thread setting."""
+    n = args.competing
+    print(f"{args.models.split(',')[0]} ({EXPERIMENTS[args.models.split(',')[0]]}), b8 fp32, {os.cpu_count()} CPUs; {args.steps} timed steps per run;"
+          f" busy cores before: {sample_busy_cores()[0]:.2f} (/proc/stat), load average {os.getloadavg()[0]:.2f}")
+    print("background: cores used by other users' processes during the run (alone / shared; > 0.1 = a disturbed figure)")
+    print(f"{'threads':<38}{'alone s/step':>13}{f'+{n} busy s/step':>17}{'ratio':>7}{'background':>12}  intra, inter-op threads alone / +{n}")
+    rows = []
+    for mode, (label, _) in THREAD_MODES.items():
+        alone, shared = competing_run(args, mode, 0), competing_run(args, mode, n)
+        a, b = 1 / alone["steps_per_s"], 1 / shared["steps_per_s"]
+        print(f"{label:<38}{a:>13.3f}{b:>17.3f}{b / a:>7.2f}{alone['background']:>6.2f} /{shared['background']:>4.2f}"
+              f"  {alone['intra']}, {alone['interop']} / {shared['intra']}, {shared['interop']}"
+              + (f" (busy cores seen: {alone['busy']:.2f} / {shared['busy']:.2f})" if mode == "auto" else ""))
+        rows.append({"mode": mode, "competing": n, "alone": alone, "shared": shared, "ratio": b / a})
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/an4", help="recipe folder after stages 1-3 (data/, dump/, data/token/)")
@@ -172,10 +248,18 @@ def main(argv: list[str] | None = None) -> None:
                     "e.g. the CPU-sized Transformer: 'model.encoder.d_model=192 model.encoder.num_layers=6 ...'")
     ap.add_argument("--count_ops", action="store_true", help="also count operator calls (ATen, top-level ATen, CUDA kernels) of one step, per output token")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--competing", type=int, default=0, help="instead: step time alone vs with this many busy processes, per thread setting")
+    ap.add_argument("--thread_mode", choices=list(THREAD_MODES), default="", help=argparse.SUPPRESS)  # a --competing child
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.competing:
+        return compare_competing(args)
+    if args.thread_mode == "auto":
+        threads = configure_threads(0)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        threads = {"intra": torch.get_num_threads(), "interop": torch.get_num_interop_threads(), "busy": None}
     torch.backends.cudnn.benchmark = False
     recipe = Path(args.recipe)
     tok_model = sorted((recipe / "data/token").glob("*.model"))[0]
@@ -220,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.count_ops:
                 print(f"{'':<22}ops of one step: {r['aten_calls']} ATen calls, {r['top_aten']} top-level, {r['kernels']} CUDA kernels;"
                       f" per output token {r['aten_calls_per_token']:.0f} / {r['top_aten_per_token']:.0f} / {r['kernels_per_token']:.0f}")
-            rows.append({"model": name, "setting": label, "device": gpu, **r})
+            rows.append({"model": name, "setting": label, "device": gpu, **r, **{k: threads[k] for k in ("intra", "interop", "busy")}})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

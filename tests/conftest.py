@@ -16,16 +16,19 @@ MINI_AN4 = DATA / "an4"
 
 @pytest.fixture(scope="session")
 def mini_an4(tmp_path_factory) -> Path:
-    """Recipe stages 1-3 on the excerpt: ``data/{train_nodev,train_dev,test}``, ``dump/``, char tokenizer.
+    """Recipe stages 1-3 on the excerpt: ``data/{train_nodev,train_dev,test}`` (Kaldi dirs + lhotse cuts), ``dump/``
+    (stored fbank + cuts of train_nodev and train_dev, CMVN, and every split's ``feats.pt``), char tokenizer.
 
     train_dev holds 2 of the 8 training utterances (dev_size=2), so train_nodev has 6.
     """
-    from asr.cli.prepare import dump_feats_main, tokenizer_main
+    from asr.cli.prepare import compute_feats_main, dump_feats_main, prepare_main, tokenizer_main
     from asr.data.an4 import prepare_an4
 
     root = tmp_path_factory.mktemp("mini_an4")
     prepare_an4(MINI_AN4, root / "data", dev_size=2, max_bad_fraction=0.0, progress=False)
-    dump_feats_main([f"data_root={root / 'data'}", f"dump={root / 'dump'}"])
+    prepare_main(["source=kaldi", f"in_dir={root / 'data'}", f"out_dir={root / 'data'}", "max_bad_fraction=0.0"])
+    compute_feats_main([f"data_root={root / 'data'}", f"dump={root / 'dump'}"])  # stored fbank + CMVN (training)
+    dump_feats_main([f"data_root={root / 'data'}", f"dump={root / 'dump'}", "speeds=[]"])  # feats.pt (decoding tests)
     tokenizer_main([f"text={root / 'data/train_nodev/text'}", "kind=char", "vocab_size=0", f"model={root / 'data/token/char.model'}"])
     return root
 

@@ -90,7 +90,7 @@ def test_train_one_epoch_then_decode_score_plot(mini_an4, tmp_path, caplog):
 
     exp = tmp_path / "exp"
     with caplog.at_level("INFO", logger="asr.train"):
-        summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
+        summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "data.num_buckets=1"]))
     assert summary["epochs"] == 1
     assert "model: pblstm encoder, rnn decoder (location_aware attention)" in caplog.text
     best = exp / "checkpoints/best.ckpt"
@@ -129,22 +129,22 @@ def test_decode_user_audio_reports_bad_file_and_decodes_the_rest(mini_an4, tmp_p
     assert "not_audio.wav" in (out / "errors.tsv").read_text()
 
 
-def test_guided_attention_for_the_first_epoch_with_sortagrad(mini_an4, tmp_path):
-    """model.guided_attention.epochs=1: the prior is logged (and > 0) in epoch 0's steps only; data.sortagrad=1
-    trains the first epoch shortest first; the checkpoint keeps the setting and loads."""
+def test_guided_attention_for_the_first_epoch(mini_an4, tmp_path):
+    """model.guided_attention.epochs=1: the prior is logged (and > 0) in epoch 0's steps only; the checkpoint keeps
+    the setting and loads."""
     import csv
 
     from asr.cli.train import train
     from asr.models.checkpoint import load_checkpoint
 
     exp = tmp_path / "exp"
-    over = ["trainer.max_epochs=2", "data.batch_size=3", "model.guided_attention.weight=0.5", "model.guided_attention.epochs=1", "data.sortagrad=1"]
+    over = ["trainer.max_epochs=2", "data.batch_size=3", "model.guided_attention.weight=0.5", "model.guided_attention.epochs=1"]
     assert train(_cfg(mini_an4, exp, [*TINY, *over]))["epochs"] == 2
     rows = list(csv.DictReader((exp / "csv/metrics.csv").open()))
     ga = {int(r["step"]): float(r["train/ga_loss"]) for r in rows if r.get("train/ga_loss")}
-    losses = [int(r["step"]) for r in rows if r.get("train/loss")]
+    loss_epochs = {int(r["step"]): int(r["epoch"]) for r in rows if r.get("train/loss")}
     assert ga and all(v > 0 for v in ga.values())
-    assert max(ga) < 2 < max(losses)  # 2 steps per epoch (6 training utterances, batches of 3): epoch 1 has none
+    assert {loss_epochs[s] for s in ga} == {0} and 1 in loss_epochs.values()  # epoch 1 trains without the prior
     model, _, meta = load_checkpoint(str(exp / "checkpoints/last.ckpt"))
     assert meta["model_cfg"]["guided_attention"] == {"weight": 0.5, "sigma": 0.3, "epochs": 1}
     assert model.guided_attention == 0.5 and model.guided_attention_epochs == 1
@@ -154,10 +154,10 @@ def test_resume_from_last_checkpoint(mini_an4, tmp_path):
     from asr.cli.train import train
 
     exp = tmp_path / "exp"
-    train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3"]))
+    train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "data.num_buckets=1"]))
     first = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
     assert first["epoch"] == 0 and first["global_step"] == 2
-    summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=2", "data.batch_size=3", "ckpt_path=last"]))
+    summary = train(_cfg(mini_an4, exp, [*TINY, "trainer.max_epochs=2", "data.batch_size=3", "data.num_buckets=1", "ckpt_path=last"]))
     second = torch.load(exp / "checkpoints/last.ckpt", weights_only=True)
     assert summary["epochs"] == 2 and second["global_step"] == 4  # continued, not restarted
     # training time adds up over the two runs; the epoch checkpoints of both runs are kept and average into a
@@ -181,9 +181,9 @@ def test_init_param_starts_a_new_run_from_trained_weights(mini_an4, tmp_path):
     from asr.cli.train import train
 
     first, second = tmp_path / "first", tmp_path / "second"
-    train(_cfg(mini_an4, first, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "seed=1"]))
+    train(_cfg(mini_an4, first, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "data.num_buckets=1", "seed=1"]))
     src = first / "checkpoints/last.ckpt"
-    summary = train(_cfg(mini_an4, second, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "seed=2", "optim.lr=0", f"init_param={src}"]))
+    summary = train(_cfg(mini_an4, second, [*TINY, "trainer.max_epochs=1", "data.batch_size=3", "data.num_buckets=1", "seed=2", "optim.lr=0", f"init_param={src}"]))
     assert summary["epochs"] == 1
     a, b = torch.load(src, weights_only=True), torch.load(second / "checkpoints/last.ckpt", weights_only=True)
     assert b["epoch"] == 0 and b["global_step"] == 2  # a new run, not a resume

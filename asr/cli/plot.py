@@ -202,7 +202,8 @@ def plot_head_grids(
         Utterances to plot.
     feats : str or Path, optional
         fbank dump ``feats.pt`` (utt id -> ``(T, F)``) of the decoded data, e.g. ``dump/test/feats.pt``;
-        default ``<dump_dir>/feats.pt`` when ``meta.json`` names a ``dump_dir``.
+        default ``<dump_dir>/feats.pt`` when ``meta.json`` names a ``dump_dir``, else computed from the audio of the
+        decoded ``data_dir``.
     out_dir : str or Path, optional
         Default ``<decode_dir>/plots``; writes ``<out_dir>/<utt_id>_heads.png`` (id through `safe_file_stem`).
     ckpt : str or Path, optional
@@ -231,17 +232,23 @@ def plot_head_grids(
     ckpt = ckpt if ckpt is not None else meta.get("checkpoint")
     if not ckpt:
         raise ValueError(f"{d / 'meta.json'} names no checkpoint; pass ckpt=")
-    if feats is None:
-        if not meta.get("dump_dir"):
-            raise ValueError("heads=true needs the decoded data's fbank dump: pass feats=<dump_dir>/feats.pt")
+    if feats is None and meta.get("dump_dir"):
         feats = Path(meta["dump_dir"]) / "feats.pt"
+    if feats is None and not meta.get("data_dir"):
+        raise ValueError("heads=true needs the decoded data's fbank: pass feats=<dump_dir>/feats.pt, or decode a data_dir")
     model, tok, ck_meta = load_checkpoint(str(ckpt))
     if not hasattr(model.decoder, "cross_attention"):
         raise ValueError(f"{ckpt}: {type(model.decoder).__name__} has no multi-head cross-attention; heads=true needs a Transformer decoder")
-    if not Path(feats).is_file():
-        raise FileNotFoundError(f"features not found: {feats}")
-    table = torch.load(feats, weights_only=True)
     by_id = {r["utt_id"]: r for r in read_results(d)}
+    if feats is not None:
+        if not Path(feats).is_file():
+            raise FileNotFoundError(f"features not found: {feats}")
+        table = torch.load(feats, weights_only=True)
+    else:  # no dump: fbank from the decoded data dir's audio (the front end decoding used)
+        from asr.viz.report import _load_feats
+
+        feats = meta["data_dir"]
+        table, _ = _load_feats([by_id[u] for u in utt_ids if u in by_id], meta["data_dir"], None, meta, int(ck_meta.get("feat_dim", 80)))
     missing = [u for u in utt_ids if u not in by_id or u not in table]
     if missing:
         raise ValueError(f"utterance(s) not in {d / 'results.jsonl'} or {feats}: {missing}")

@@ -28,7 +28,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from asr.data.dataset import load_split
 from asr.lightning.data import ASRDataModule
 from asr.features.fbank import FbankOptions, GlobalCMVN
 from asr.lightning.csv_log import ResumableCSVLogger
@@ -108,6 +107,24 @@ def batch_frame_budget(data_cfg: DictConfig, fb: FbankOptions) -> int:
     return min(b for b in (frames, from_duration) if b > 0) if (frames or from_duration) else 0
 
 
+def cut_manifest(data_cfg: DictConfig, split: str) -> Path:
+    """The ``cuts.jsonl.gz`` a split trains from: ``<data.dump>/<split>/`` (stored fbank, written by stage 2) with
+    ``data.features=precomputed``, ``<data.root>/<split>/`` (fbank computed from audio in the loader) with
+    ``on_the_fly``.
+
+    Raises
+    ------
+    ValueError
+        Another ``data.features`` value.
+    """
+    from asr.data.lhotse_data import CUTS_NAME
+
+    kind = str(data_cfg.get("features", "precomputed"))
+    if kind not in ("precomputed", "on_the_fly"):
+        raise ValueError(f"data.features must be precomputed or on_the_fly, got {kind!r}")
+    return Path(data_cfg.dump if kind == "precomputed" else data_cfg.root) / split / CUTS_NAME
+
+
 def init_model_from(model: torch.nn.Module, path: str | os.PathLike[str], tokenizer: Tokenizer) -> None:
     """Initialise ``model`` with the weights of the training checkpoint at ``path`` (ESPnet's ``--init_param``):
     a new run (epoch 0, fresh optimiser and LR schedule) that starts from a trained model, e.g. a second
@@ -159,19 +176,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cmvn = GlobalCMVN.from_file(cfg.features.cmvn)
     fb = fbank_options(cfg)
     d = cfg.data
-    # Data dir entries that cannot be used are skipped and listed in exp_dir/skipped_<split>.tsv.
-    train_set = load_split(
-        Path(d.root) / d.train, Path(d.dump) / d.train, tokenizer, fb, d.limit_train, list(d.get("speed_perturb") or []),
-        report=exp_dir / f"skipped_{Path(d.train).name}.tsv",
+    train_cuts, dev_cuts = cut_manifest(d, d.train), cut_manifest(d, d.dev)
+    log.info("train cuts %s, dev cuts %s (data.features=%s); vocabulary %d", train_cuts, dev_cuts, d.get("features", "precomputed"), tokenizer.vocab_size)
+    max_duration = batch_frame_budget(d, fb) * fb.frame_shift_s
+    dm = ASRDataModule(
+        train_cuts, dev_cuts, tokenizer, fb, int(d.batch_size), max_duration, int(d.num_workers), int(cfg.seed), list(d.get("speed_perturb") or []),
+        int(d.get("num_buckets", 10)), int(d.get("buffer_size", 20000)), int(d.limit_train or 0), int(d.limit_dev or 0),
     )
-    dev_set = load_split(Path(d.root) / d.dev, Path(d.dump) / d.dev, tokenizer, fb, d.limit_dev, report=exp_dir / f"skipped_{Path(d.dev).name}.tsv")
-    log.info("train %d utterances, dev %d; vocabulary %d", len(train_set), len(dev_set), tokenizer.vocab_size)
-    max_frames = batch_frame_budget(d, fb)
-    dm = ASRDataModule(train_set, dev_set, tokenizer.pad_id, d.batch_size, max_frames, d.num_workers, cfg.seed, float(d.get("length_jitter") or 0.0), int(d.get("sortagrad") or 0))
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
-    train_set.seed = int(cfg.seed)  # speed-variant draws keyed by (seed, epoch, utterance)
     module = ASRLightningModule(
         model_cfg, tokenizer, OmegaConf.to_container(cfg.optim, resolve=True), cmvn, fb.num_mel_bins, fb.frame_shift_s, augment,
         seed=int(cfg.seed), max_bad_steps=int(cfg.get("max_bad_steps", 20)), fbank=fb,
@@ -227,7 +241,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **trainer_kwargs,
         default_root_dir=str(exp_dir),
         deterministic=bool(cfg.deterministic),
-        use_distributed_sampler=False,  # LengthBucketBatchSampler shards by rank itself
+        use_distributed_sampler=False,  # lhotse's sampler shards by rank itself
         callbacks=callbacks
         + ([TQDMProgressBar(refresh_rate=5)] if trainer_kwargs.get("enable_progress_bar", True) else []),
         logger=[TensorBoardLogger(str(exp_dir), name="tb", version=""), ResumableCSVLogger(str(exp_dir), "csv", keep_until_epoch=resumed_epoch)],

@@ -1,49 +1,85 @@
-"""The LightningDataModule: train and dev loaders over :mod:`asr.data.dataset` (training only)."""
+"""The LightningDataModule: train and dev loaders over lhotse cut manifests (training only).
+
+Batches come from :func:`asr.data.lhotse_data.make_sampler` (lhotse's ``DynamicBucketingSampler``: duration
+buckets, a new batch composition every epoch, each DDP rank its own batches) and are built in DataLoader workers by
+:class:`asr.data.lhotse_data.CutBatchDataset` (stored or on-the-fly fbank, per-cut speed perturbation, tokens). The
+manifests are read lazily: memory does not grow with the corpus.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from asr.data.dataset import ASRDataset, LengthBucketBatchSampler, make_collate
+from asr.data.lhotse_data import CutBatchDataset, EpochSampler, load_cuts, make_sampler
+from asr.features.fbank import FbankOptions
 
 
 class ASRDataModule(L.LightningDataModule):
-    """Train and dev loaders with length bucketing.
+    """Train and dev loaders.
 
     Parameters
     ----------
-    train, dev : ASRDataset
+    train_cuts, dev_cuts : str or Path
+        ``cuts.jsonl.gz`` manifests (with stored features, ``dump/<split>/``, or without, ``data/<split>/``).
+    tokenizer : asr.text.tokenizer.Tokenizer
+    fbank : FbankOptions
     batch_size : int
-        Utterances per batch per device (effective batch = ``batch_size x devices x accumulate_grad_batches``).
-    max_frames : int
-        Cap on padded frames per batch (0 = none).
+        Cap on utterances per batch per device (lhotse ``max_cuts``; 0 = none).
+    max_duration : float
+        Seconds of audio per batch per device (0 = none; then ``batch_size`` alone sizes batches). Effective batch
+        = ``max_duration x devices x accumulate_grad_batches``.
     num_workers : int
+        DataLoader worker processes building batches (features, perturbation, padding).
     seed : int
-    length_jitter : float
-        Training batches only: new length-sorted batch compositions every epoch (``LengthBucketBatchSampler``).
-    sortagrad : int
-        Training batches only: the first ``sortagrad`` epochs shortest first (``LengthBucketBatchSampler``).
+        Shuffling (``seed + epoch``) and speed-perturbation draws (``(seed, epoch, cut)``).
+    speeds : sequence of float
+        Speed perturbation factors for training cuts (``()`` = off).
+    num_buckets, buffer_size : int
+        lhotse's duration buckets and the number of cuts held for shuffling and bucketing.
+    limit_train, limit_dev : int
+        > 0: the first N cuts only (smoke runs).
     """
 
-    def __init__(self, train: ASRDataset, dev: ASRDataset, pad_id: int, batch_size: int = 32, max_frames: int = 0, num_workers: int = 0, seed: int = 0, length_jitter: float = 0.0, sortagrad: int = 0) -> None:
+    def __init__(self, train_cuts: str | Path, dev_cuts: str | Path, tokenizer, fbank: FbankOptions = FbankOptions(), batch_size: int = 32, max_duration: float = 0.0,
+                 num_workers: int = 0, seed: int = 0, speeds=(), num_buckets: int = 10, buffer_size: int = 20000, limit_train: int = 0, limit_dev: int = 0) -> None:
         super().__init__()
-        self.train_set, self.dev_set = train, dev
-        self.collate = make_collate(pad_id)
-        self.batch_size, self.max_frames, self.num_workers, self.seed = batch_size, max_frames, num_workers, seed
-        self.length_jitter, self.sortagrad = length_jitter, sortagrad
-        self._train_sampler: LengthBucketBatchSampler | None = None
+        self.train_cuts, self.dev_cuts = Path(train_cuts), Path(dev_cuts)
+        for p in (self.train_cuts, self.dev_cuts):
+            load_cuts(p)  # fails early, naming the manifest and the stage that writes it
+        self.tokenizer, self.fbank = tokenizer, fbank
+        self.batch_size, self.max_duration, self.num_workers, self.seed = batch_size, max_duration, num_workers, seed
+        self.speeds, self.num_buckets, self.buffer_size = tuple(speeds), num_buckets, buffer_size
+        self.limit_train, self.limit_dev = limit_train, limit_dev
+        self.train_sampler: EpochSampler | None = None
 
-    def _loader(self, ds: ASRDataset, shuffle: bool) -> DataLoader:
-        sampler = LengthBucketBatchSampler([ds.num_frames(i) for i in range(len(ds))], self.batch_size, self.max_frames, shuffle=shuffle, seed=self.seed,
-                                           length_jitter=self.length_jitter if shuffle else 0.0, sortagrad=self.sortagrad if shuffle else 0)
-        if shuffle and self.trainer is not None:
-            # a resumed run: DataLoader workers take their first indices before any epoch-start hook runs
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _cuts(self, path: Path, limit: int):
+        cuts = load_cuts(path)
+        return cuts.subset(first=limit) if limit else cuts
+
+    def _ranks(self) -> tuple[int | None, int | None]:
+        if self.trainer is None:
+            return None, None
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader(self, sampler: EpochSampler, speeds) -> DataLoader:
+        ds = CutBatchDataset(self.tokenizer, self.fbank, speeds, self.seed)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        world, rank = self._ranks()
+        sampler = make_sampler(self._cuts(self.train_cuts, self.limit_train), self.batch_size, self.max_duration, shuffle=True, seed=self.seed,
+                               num_buckets=self.num_buckets, world_size=world, rank=rank, buffer_size=self.buffer_size)
+        if self.trainer is not None:
+            # a resumed run: the first epoch's iterator may be created before any epoch-start hook runs
+            sampler.set_epoch(self.trainer.current_epoch)
+        self.train_sampler = sampler
+        return self._loader(sampler, self.speeds)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dev_set, False)
+        world, rank = self._ranks()
+        sampler = make_sampler(self._cuts(self.dev_cuts, self.limit_dev), self.batch_size, self.max_duration, shuffle=False, seed=self.seed,
+                               num_buckets=self.num_buckets, world_size=world, rank=rank, buffer_size=self.buffer_size)
+        return self._loader(sampler, ())

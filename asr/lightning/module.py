@@ -108,10 +108,11 @@ class ASRLightningModule(L.LightningModule):
 
     # ---- steps --------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        """Give the batch sampler the epoch (Lightning only does this for samplers, not batch samplers)."""
-        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(self.current_epoch)
+        """Give the sampler the epoch (Lightning does it too; a resumed run's loader is built before this hook)."""
+        loader = self.trainer.train_dataloader
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(self.current_epoch)
         ga_epochs = getattr(self.model, "guided_attention_epochs", 0)
         self.model.guided_attention_active = ga_epochs == 0 or self.current_epoch < ga_epochs
 
@@ -137,6 +138,8 @@ class ASRLightningModule(L.LightningModule):
         DDP the loss is still returned so that every rank runs backward, and the update is skipped on all
         ranks in :meth:`on_before_optimizer_step`).
         """
+        if batch is None:  # every utterance of the batch failed to load (CutBatchDataset warned about each)
+            return None
         feats = batch.feats
         if self.specaug is not None:
             # mask normalised features so a masked value is the global mean; the model's CMVN is then undone
@@ -187,10 +190,13 @@ class ASRLightningModule(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch.ids))
+        if batch is not None:
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch.ids))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Dev loss and token accuracy, plus greedy hypotheses collected for the corpus-level dev WER/CER."""
+        if batch is None:
+            return
         out = self.model(batch.feats, batch.feat_lens, batch.tokens, batch.token_lens)
         bs = len(batch.ids)
         self.log("dev/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)

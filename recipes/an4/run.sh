@@ -9,8 +9,9 @@
 #
 # Stages (ESPnet style, --stage/--stop_stage):
 #   0 download the official corpus (skipped when --an4_root / $AN4_ROOT is given or already there)
-#   1 data preparation -> data/{train_nodev,train_dev,test} (Kaldi data dirs + bad_utts.tsv reports)
-#   2 fbank dumps + global CMVN statistics of train_nodev -> dump/
+#   1 data preparation -> data/{train_nodev,train_dev,test} (Kaldi data dirs + lhotse cuts.jsonl.gz + bad_utts.tsv reports)
+#   2 fbank of train_nodev and train_dev stored as lilcom chunks (--features precomputed; on_the_fly: none, the loader
+#     computes it) + global CMVN statistics of train_nodev -> dump/<split>/{cuts.jsonl.gz,feats.*.lca}, dump/train_nodev/cmvn.pt
 #   3 sentencepiece tokenizer on train_nodev text -> data/token/
 #   4 training -> exp/<name>/checkpoints/{best,last,epochNNN}.ckpt
 #   5 checkpoint averaging (the kept epoch checkpoints -> avg<N>.ckpt; best.ckpt when --average 0) and
@@ -39,6 +40,8 @@ ensemble=""            # more trained experiment folders decoded together with t
                        # "exp/an4_pblstm_location_aware_x4"; their avg<N>/best checkpoints join stage 5's
 ensemble_name=""       # with --ensemble: decode folders go to exp/ensemble_<name>
 max_bad_fraction=0.05
+features=precomputed   # stage 2/4: precomputed (stored lilcom fbank) or on_the_fly (fbank from audio in the loader)
+nj=1                   # stage 2: processes computing fbank
 tokenizer_kind=bpe
 vocab_size=40
 
@@ -60,6 +63,8 @@ while [ $# -gt 0 ]; do
         --ensemble) ensemble="$2"; shift 2 ;;
         --ensemble_name) ensemble_name="$2"; shift 2 ;;
         --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
+        --features) features="$2"; shift 2 ;;
+        --nj) nj="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -76,7 +81,7 @@ name=$(echo "${experiment}" | tr '/' '_')
 case "${name}" in an4_pblstm_*|an4_transformer_*) ;; *) name="${name/an4_/an4_pblstm_}" ;; esac
 exp_dir="exp/${name}${tag}"
 token_model="data/token/${tokenizer_kind}${vocab_size}.model"
-common_train=(experiment="${experiment}" exp_dir="${exp_dir}" tokenizer.kind="${tokenizer_kind}" tokenizer.vocab_size="${vocab_size}")
+common_train=(experiment="${experiment}" exp_dir="${exp_dir}" tokenizer.kind="${tokenizer_kind}" tokenizer.vocab_size="${vocab_size}" data.features="${features}")
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     if [ -z "${an4_root}" ]; then
@@ -92,11 +97,13 @@ fi
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     log "stage 1: data preparation from ${an4_root}"
     asr-prepare-an4 corpus_dir="${an4_root}" out_dir=data max_bad_fraction="${max_bad_fraction}" progress=false
+    # lhotse manifests (data/<split>/cuts.jsonl.gz) of the Kaldi data dirs: what training reads
+    asr-prepare source=kaldi in_dir=data out_dir=data "splits=[train_nodev,train_dev,test]" max_bad_fraction="${max_bad_fraction}"
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-    log "stage 2: fbank features and global CMVN"
-    asr-dump-feats data_root=data dump=dump
+    log "stage 2: fbank features (${features}) and global CMVN"
+    asr-compute-feats data_root=data dump=dump "splits=[train_nodev,train_dev]" cmvn_split=train_nodev features="${features}" num_jobs="${nj}"
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
@@ -151,7 +158,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         data_split=${split}; [ "${split}" = dev ] && data_split=train_dev
         log "stage 5: decoding ${data_split} (beam ${beam_size}, ctc_weight ${ctc_weight}, ${ckpt} ${member_ckpts[*]})"
         # shellcheck disable=SC2086
-        asr-decode ckpt="${ckpt}" "${ens_args[@]}" data_dir="data/${data_split}" dump_dir="dump/${data_split}" \
+        asr-decode ckpt="${ckpt}" "${ens_args[@]}" data_dir="data/${data_split}" \
             out_dir="${decode_exp}/decode_${split}_${dtag}" beam_size="${beam_size}" ctc_weight="${ctc_weight}" \
             length_penalty="${length_penalty}" ${decode_args}
     done
@@ -168,11 +175,11 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     test_dir="${decode_exp}/decode_test_${dtag}"
     log "stage 7: alignment plots -> ${test_dir}/plots"
     heads=()  # Transformer decoder: also every layer's and head's cross-attention (<utt>_heads.png)
-    grep -q '"decoder": "transformer"' "${test_dir}/meta.json" && heads=(heads=true feats=dump/test/feats.pt)
+    grep -q '"decoder": "transformer"' "${test_dir}/meta.json" && heads=(heads=true)
     asr-plot decode_dir="${test_dir}" worst_n=5 first_n=3 "${heads[@]}"
     # The browsable report beside the plots: every utterance, its audio, attention and diagnostics.
     log "stage 7: alignment report -> ${test_dir}/report/index.html"
-    asr-inspect decode_dir="${test_dir}" out_dir="${test_dir}/report" data_dir=data/test feats=dump/test/feats.pt teacher_forced=true
+    asr-inspect decode_dir="${test_dir}" out_dir="${test_dir}/report" data_dir=data/test teacher_forced=true
     # One figure comparing every scorer trained so far on the same test utterance.
     mapfile -t others < <(ls -d exp/an4_pblstm_*/decode_test_"${dtag}" 2>/dev/null | grep -v _smoke || true)
     if [ -z "${tag}" ] && [ -z "${ensemble}" ] && [ "${#others[@]}" -ge 2 ]; then
