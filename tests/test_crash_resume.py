@@ -14,9 +14,9 @@ import torch
 
 from test_train import TINY, _cfg
 
-# 6 training utterances, batch 2 -> 3 optimiser steps per epoch. Dropout, SpecAugment and speed
-# perturbation (the fixture has the 0.9/1.1 dumps) stay on: every random draw must survive a resume.
-RUN = [*TINY, "threads=1", "deterministic=true", "keep_checkpoints=0", "optim.warmup_steps=2"]
+# 6 training utterances, batch 2 -> 3 optimiser steps per epoch (one duration bucket: lhotse's DynamicCutSampler).
+# Dropout, SpecAugment and on-the-fly speed perturbation stay on: every random draw must survive a resume.
+RUN = [*TINY, "threads=1", "deterministic=true", "keep_checkpoints=0", "optim.warmup_steps=2", "data.num_buckets=1"]
 
 
 def _ckpt(path: Path) -> dict:
@@ -100,35 +100,38 @@ def test_sigkill_during_checkpoint_save_keeps_previous_and_stale_temp_is_removed
 
 # ---- 2. SIGKILL mid-epoch, resume, same weights -----------------------------------------------------
 def test_speed_variant_and_batch_order_are_keyed_by_seed_and_epoch(mini_an4):
-    from asr.data.dataset import LengthBucketBatchSampler, load_split
+    """The speed factor of a cut depends on (seed, epoch, cut id) only, whatever the global RNG; the same epoch gives
+    the same batches and features; each epoch another batch order."""
+    import random
+
+    from asr.data.lhotse_data import CutBatchDataset, load_cuts, make_sampler, speed_factor
     from asr.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(str(mini_an4 / "data/token/char.model"))
-
-    def ds():
-        d = load_split(mini_an4 / "data/train_nodev", mini_an4 / "dump/train_nodev", tok, speeds=[0.9, 1.0, 1.1])
-        d.seed = 7
-        return d
-
-    a, b = ds(), ds()
-    import random
-
+    cuts = load_cuts(mini_an4 / "dump/train_nodev/cuts.jsonl.gz")
+    ids = [c.id for c in cuts]
     random.seed(123)  # the global RNG plays no part
-    draws = {e: [a.variant(i, e) for i in range(len(a))] for e in range(4)}
+    draws = {e: [speed_factor([0.9, 1.0, 1.1], 7, e, i) for i in ids] for e in range(4)}
     random.seed(456)
-    assert draws == {e: [b.variant(i, e) for i in range(len(b))] for e in range(4)}
-    assert len({tuple(v) for v in draws.values()}) > 1  # a new draw every epoch
-    for i in range(len(a)):
-        assert torch.equal(a[(i, 3)][1], b[(i, 3)][1])
+    assert draws == {e: [speed_factor([0.9, 1.0, 1.1], 7, e, i) for i in ids] for e in range(4)}
+    assert len({tuple(v) for v in draws.values()}) > 1 and {0.9, 1.1} <= {f for v in draws.values() for f in v}
 
-    s = LengthBucketBatchSampler(list(range(10, 30)), 2, seed=1)
-    orders = []
-    for e in range(3):
+    def epoch_batches(e: int):
+        s = make_sampler(load_cuts(mini_an4 / "dump/train_nodev/cuts.jsonl.gz"), batch_size=2, seed=1, num_buckets=1)
         s.set_epoch(e)
-        orders.append(list(s))
-    assert orders[0] != orders[1] and all(ep == e for e, o in enumerate(orders) for b_ in o for _, ep in b_)
-    s.set_epoch(1)
-    assert list(s) == orders[1]
+        ds = CutBatchDataset(tok, speeds=[0.9, 1.0, 1.1], seed=7)
+        return [ds[item] for item in s]
+
+    e1, e1_again, e2 = epoch_batches(1), epoch_batches(1), epoch_batches(2)
+    assert [b.ids for b in e1] == [b.ids for b in e1_again] and [b.ids for b in e1] != [b.ids for b in e2]
+    for a, b in zip(e1, e1_again):
+        assert torch.equal(a.feats, b.feats) and torch.equal(a.tokens, b.tokens)
+    assert sorted(i for b in e1 for i in b.ids) == sorted(ids)  # every cut once per epoch
+    by_id = {i: b.feats[k, : b.feat_lens[k]] for b in e1 for k, i in enumerate(b.ids)}
+    plain = {c.id: c.features.num_frames for c in cuts}
+    for i, f in zip(ids, draws[1]):  # perturbed cuts change length (0.9: longer, 1.1: shorter)
+        n = by_id[i].shape[0]
+        assert (n > plain[i]) if f == 0.9 else (n < plain[i]) if f == 1.1 else (n == plain[i])
 
 
 KILLER = """
@@ -151,12 +154,12 @@ main()
 """
 
 
-@pytest.mark.parametrize("batching", [("data.batch_size=2",), ("data.batch_size=1000", "data.max_duration=5.0")], ids=["count", "duration"])
+@pytest.mark.parametrize("batching", [("data.batch_size=2",), ("data.batch_size=1000", "data.max_duration=4.4")], ids=["count", "duration"])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_path, batching):
     """asr-train killed with SIGKILL inside epoch 2 (step 7 of 9), resumed with ckpt_path=last: same final weights.
 
-    Both batchings give 3 batches of 2 of the 6 training utterances: 2 per batch, or 5 s of padded audio per batch
-    (the dynamic batches of ``data.max_duration``; frames 148-208).
+    Both batchings give 3 batches of 2 of the 6 training utterances: 2 per batch, or 4.4 s of audio per batch
+    (the dynamic batches of ``data.max_duration``; utterances of 1.5-2.1 s: two fit, three never do).
 
     Lightning semantics this relies on (checked here): last.ckpt is written at every epoch end (so at the
     kill it holds epoch 1, step 6) and a resumed run re-runs the interrupted epoch from its start.
@@ -171,7 +174,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_pa
 
     def start(self, batch, batch_idx):
         orig_start(self, batch, batch_idx)
-        seen.append((self.current_epoch, self.trainer.train_dataloader.batch_sampler.epoch))
+        seen.append((self.current_epoch, self.trainer.train_dataloader.sampler.epoch))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ASRLightningModule, "on_train_batch_start", start)
