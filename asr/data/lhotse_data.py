@@ -153,7 +153,7 @@ def _segment_utterances(d: Path) -> tuple[list[tuple[str, str, float, float, str
         if wavs.get(f[0] if f else "", "").rstrip().endswith("|"):
             reason = "Kaldi pipe commands are not run"
         if reason:
-            skipped.append(SkippedEntry(uid, str(d / "segments"), None, reason))
+            skipped.append(SkippedEntry(uid, str(d / "segments"), reason))
             continue
         path = Path(wavs[f[0]])
         path = path if path.is_absolute() else (d.resolve() / path)
@@ -192,10 +192,10 @@ def cuts_from_data_dir(data_dir: str | Path, max_bad_fraction: float = DEFAULT_M
             try:
                 rec = recordings.get(rec_id) or _recording(rec_id, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
-                skipped.append(SkippedEntry(uid, path, None, f"audio unreadable: {exc}"))
+                skipped.append(SkippedEntry(uid, path, f"audio unreadable: {exc}"))
                 continue
             if end > rec.duration + 0.01:
-                skipped.append(SkippedEntry(uid, str(d / "segments"), None, f"segment ends at {end} s, after the recording's {rec.duration:.3f} s"))
+                skipped.append(SkippedEntry(uid, str(d / "segments"), f"segment ends at {end} s, after the recording's {rec.duration:.3f} s"))
                 continue
             recordings[rec_id] = rec
             sups.append(SupervisionSegment(id=uid, recording_id=rec_id, start=start, duration=round(end - start, 6), channel=0, text=text, speaker=spk))
@@ -204,12 +204,12 @@ def cuts_from_data_dir(data_dir: str | Path, max_bad_fraction: float = DEFAULT_M
         n_total = len(utts) + len(skipped)
         for u in utts:
             if u.wav.rstrip().endswith("|"):
-                skipped.append(SkippedEntry(u.utt_id, str(d / "wav.scp"), None, "Kaldi pipe commands are not run"))
+                skipped.append(SkippedEntry(u.utt_id, str(d / "wav.scp"), "Kaldi pipe commands are not run"))
                 continue
             try:
                 rec = _recording(u.utt_id, u.wav)
             except Exception as exc:  # noqa: BLE001
-                skipped.append(SkippedEntry(u.utt_id, u.wav, None, f"audio unreadable: {exc}"))
+                skipped.append(SkippedEntry(u.utt_id, u.wav, f"audio unreadable: {exc}"))
                 continue
             recordings[rec.id] = rec
             sups.append(SupervisionSegment(id=u.utt_id, recording_id=rec.id, start=0.0, duration=rec.duration, channel=0, text=u.text, speaker=u.speaker))
@@ -270,7 +270,7 @@ def validate_cuts(cuts, where: str | Path, max_bad_fraction: float = DEFAULT_MAX
                 elif s.type == "command":
                     reason = "command audio sources are not run"
         if reason:
-            skipped.append(SkippedEntry(c.id, str(where), None, reason))
+            skipped.append(SkippedEntry(c.id, str(where), reason))
             continue
         for s in c.supervisions:
             s.text = " ".join((s.text or "").split())
@@ -420,7 +420,7 @@ def _store_shard(args: tuple) -> tuple[str, CMVNAccumulator, list[SkippedEntry],
                 try:
                     x = cut_fbank(cut.drop_features(), opts)
                 except Exception as exc:  # noqa: BLE001 - one bad file never stops the dump
-                    skipped.append(SkippedEntry(cut.id, cut.recording.sources[0].source if cut.has_recording else "", None, f"fbank failed: {exc}"))
+                    skipped.append(SkippedEntry(cut.id, cut.recording.sources[0].source if cut.has_recording else "", f"fbank failed: {exc}"))
                     continue
                 acc.add(x)
                 n += 1
