@@ -5,7 +5,8 @@
 Every training batch appends one JSON line to ``RECORD_DIR/rank<global rank>.jsonl``: epoch, batch index, optimiser
 step, the utterance ids, the loss (before Lightning divides it for gradient accumulation), the learning rate, and
 how the rank sees the job (world size, global/local/node rank, the sampler's rank and world size, the launcher's
-environment). After the first optimiser step rank 0 also saves the model weights to ``RECORD_DIR/step1.pt``.
+environment). Rank 0 also saves the model weights before the first optimiser step (``RECORD_DIR/step0.pt``) and after it
+(``step1.pt``).
 Otherwise it is plain ``asr-train`` (``asr.cli.train.main``).
 """
 
@@ -28,7 +29,14 @@ _training_step = ASRLightningModule.training_step
 _on_train_batch_end = ASRLightningModule.on_train_batch_end
 
 
+def _save_weights(self, name: str) -> None:
+    if self.trainer.global_rank == 0 and not (RECORD_DIR / name).exists():
+        torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, RECORD_DIR / name)
+
+
 def training_step(self, batch, batch_idx):
+    if self.global_step == 0:
+        _save_weights(self, "step0.pt")
     loss = _training_step(self, batch, batch_idx)
     trainer = self.trainer
     sampler = trainer.train_dataloader.sampler.sampler  # EpochSampler -> lhotse's sampler
@@ -46,8 +54,8 @@ def training_step(self, batch, batch_idx):
 
 def on_train_batch_end(self, outputs, batch, batch_idx):
     _on_train_batch_end(self, outputs, batch, batch_idx)
-    if self.global_step == 1 and self.trainer.global_rank == 0 and not (RECORD_DIR / "step1.pt").exists():
-        torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, RECORD_DIR / "step1.pt")
+    if self.global_step == 1:
+        _save_weights(self, "step1.pt")
 
 
 ASRLightningModule.training_step = training_step

@@ -125,6 +125,21 @@ def cut_manifest(data_cfg: DictConfig, split: str) -> Path:
     return Path(data_cfg.dump if kind == "precomputed" else data_cfg.root) / split / CUTS_NAME
 
 
+def report_cut_texts(path: Path, tokenizer: Tokenizer, limit: int = 0) -> dict[str, int]:
+    """Warn about training transcripts with characters the tokenizer maps to ``<unk>`` and about empty ones
+    (:func:`asr.data.dataset.report_text_problems`), reading the manifest lazily (texts only, one pass)."""
+    from types import SimpleNamespace
+
+    from asr.data.dataset import report_text_problems
+    from asr.data.lhotse_data import load_cuts
+
+    cuts = load_cuts(path)
+    if limit:
+        cuts = cuts.subset(first=limit)
+    rows = [SimpleNamespace(utt_id=c.id, text=" ".join(s.text or "" for s in c.supervisions).strip()) for c in cuts]
+    return report_text_problems(rows, tokenizer, path)
+
+
 def init_model_from(model: torch.nn.Module, path: str | os.PathLike[str], tokenizer: Tokenizer) -> None:
     """Initialise ``model`` with the weights of the training checkpoint at ``path`` (ESPnet's ``--init_param``):
     a new run (epoch 0, fresh optimiser and LR schedule) that starts from a trained model, e.g. a second
@@ -178,6 +193,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     d = cfg.data
     train_cuts, dev_cuts = cut_manifest(d, d.train), cut_manifest(d, d.dev)
     log.info("train cuts %s, dev cuts %s (data.features=%s); vocabulary %d", train_cuts, dev_cuts, d.get("features", "precomputed"), tokenizer.vocab_size)
+    report_cut_texts(train_cuts, tokenizer, int(d.limit_train or 0))
     max_duration = batch_frame_budget(d, fb) * fb.frame_shift_s
     dm = ASRDataModule(
         train_cuts, dev_cuts, tokenizer, fb, int(d.batch_size), max_duration, int(d.num_workers), int(cfg.seed), list(d.get("speed_perturb") or []),
