@@ -9,7 +9,7 @@ EXPERIMENT ?= an4/location_aware_x4_noaug
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 
-.PHONY: venv lock test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean
+.PHONY: venv lock test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean device-bundle
 
 # Installs the exact versions of requirements.lock (every package, sha256-checked), then the project itself
 # without resolving anything again. `make lock` rewrites the lock from pyproject.toml (see README, "Install").
@@ -75,3 +75,10 @@ results: venv
 
 clean:
 	rm -rf $(VENV) recipes/an4/data recipes/an4/dump recipes/an4/exp
+
+# Before a run on an offline GPU machine: ../shared/tools/gpu-bundle plus the wheels of the lhotse data layer, which
+# the GPU image lacks (versions as in requirements.lock; all have CPython 3.12 x86-64 wheels).
+DEVICE_EXTRA := lhotse==1.33.0 lilcom==1.8.2 cytoolz==1.2.0 toolz==1.2.0 intervaltree==3.2.1 sortedcontainers==2.4.0 \
+  audioread==3.1.0 tabulate==0.10.0 urllib3==2.8.0 click==8.5.1
+device-bundle:
+	../shared/tools/gpu-bundle $(DEVICE_EXTRA)
