@@ -45,7 +45,7 @@ def training_step(self, batch, batch_idx):
         "loss": None if loss is None else float(loss.detach()), "lr": trainer.optimizers[0].param_groups[0]["lr"],
         "world_size": trainer.world_size, "global_rank": trainer.global_rank, "local_rank": trainer.local_rank,
         "node_rank": trainer.node_rank, "num_nodes": trainer.num_nodes, "sampler_rank": sampler.rank,
-        "sampler_world_size": sampler.world_size, "cluster": type(trainer.strategy.cluster_environment).__name__, "env": LAUNCH_ENV,
+        "sampler_world_size": sampler.world_size, "cluster": type(getattr(trainer.strategy, "cluster_environment", None)).__name__, "env": LAUNCH_ENV,
     }
     with open(RECORD_DIR / f"rank{trainer.global_rank}.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

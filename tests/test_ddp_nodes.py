@@ -74,7 +74,7 @@ def _run(cmds: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
         if q.poll() is None:
             q.kill()
             q.communicate()
-    tails = "\n".join(f"--- {' '.join(map(str, o.args[:9]))} ... rc={o.returncode}\n{o.stderr[-3000:]}" for o in outs)
+    tails = "\n".join(f"--- {' '.join(map(str, o.args[:9]))} ... rc={o.returncode}\n{o.stderr[-8000:]}" for o in outs)
     assert len(outs) == len(cmds) and all(o.returncode == 0 for o in outs), tails
     return outs
 
@@ -92,7 +92,7 @@ def runs(mini_an4, tmp_path_factory):
     nodes = [
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
          "--master_addr", "127.0.0.1", "--master_port", str(port), str(WORKER), str(ddp / "records"),
-         *_args(mini_an4, ddp / "exp"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2"]
+         *_args(mini_an4, ddp / "exp"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "++trainer.num_nodes=2"]
         for node in (0, 1)
     ]
     single = [sys.executable, str(WORKER), str(one / "records"), *_args(mini_an4, one / "exp"), "trainer.accumulate_grad_batches=2"]
