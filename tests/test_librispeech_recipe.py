@@ -61,16 +61,18 @@ def make_librispeech_layout(root: Path) -> Path:
     return corpus
 
 
-def test_layout_is_librispeech_s():
-    """The fixture corpus has LibriSpeech's names, as lhotse's prepare_librispeech reads them."""
-    import tempfile
+def test_fixture_corpus_has_librispeech_layout(tmp_path):
+    """The test corpus has LibriSpeech's names, as lhotse's prepare_librispeech reads them, and lossless audio."""
+    import soundfile as sf
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = make_librispeech_layout(Path(tmp))
-        flacs = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.flac"))
-        assert len(flacs) == 8 + 2 + 2 + 2 and "train-clean-100/100/1007/100-1007-0000.flac" in flacs
-        trans = (corpus / "test-other/400/4007/400-4007.trans.txt").read_text().splitlines()
-        assert trans == ["400-4007-0000 J P E G FOUR", "400-4007-0001 ONE FIVE TWO ONE THREE"]
+    corpus = make_librispeech_layout(tmp_path)
+    flacs = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.flac"))
+    assert len(flacs) == 8 + 2 + 2 + 2 and "train-clean-100/100/1007/100-1007-0000.flac" in flacs
+    trans = (corpus / "test-other/400/4007/400-4007.trans.txt").read_text().splitlines()
+    assert trans == ["400-4007-0000 J P E G FOUR", "400-4007-0001 ONE FIVE TWO ONE THREE"]
+    flac, rate = sf.read(corpus / "test-other/400/4007/400-4007-0000.flac", dtype="int16")
+    wav, _ = sf.read(AN4 / "wav/an4test_clstk/fjlp/an419-fjlp-b.wav", dtype="int16")
+    assert rate == 16000 and sf.info(corpus / "test-other/400/4007/400-4007-0000.flac").format == "FLAC" and (flac == wav).all()
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -118,11 +120,12 @@ def test_run_sh_stages_1_to_7_on_a_librispeech_layout(tmp_path):
     tiny = (
         "model.encoder.d_model=32 model.encoder.num_heads=2 model.encoder.ff_dim=64 model.encoder.num_layers=1 "
         "model.encoder.conv_channels=8 model.decoder.d_model=32 model.decoder.num_heads=2 model.decoder.ff_dim=64 "
-        "model.decoder.num_layers=1 trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.accumulate_grad_batches=1 "
-        "trainer.enable_progress_bar=false data.num_workers=0 threads=1"
+        "model.decoder.num_layers=1 trainer.max_epochs=1 trainer.check_val_every_n_epoch=1 trainer.limit_train_batches=2 "
+        "trainer.accumulate_grad_batches=1 "
+        "trainer.enable_progress_bar=false data.num_workers=0 data.max_duration=6 threads=1"
     )
     cmd = [
-        "bash", str(work / "run.sh"), "--stage", "1", "--corpus_dir", str(corpus), "--experiment", "librispeech_100/transformer",
+        "bash", str(work / "run.sh"), "--corpus_dir", str(corpus), "--experiment", "librispeech_100/transformer",
         "--tokenizer_kind", "char", "--vocab_size", "0", "--nj", "1", "--beam_size", "2", "--ctc_weight", "0.3", "--average", "1",
         "--tag", "_smoke", "--train_args", tiny, "--decode_args", "threads=1 batch_size=4",
     ]

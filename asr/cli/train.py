@@ -220,7 +220,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s encoder, %s decoder (%s), %.2f M parameters", model_cfg["encoder"]["type"], dec_type, attention, n_params / 1e6)
 
     ckpt_dir = exp_dir / "checkpoints"
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    # global rank 0 only: torchrun sets RANK, srun SLURM_PROCID (neither sets NODE_RANK)
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         for tmp in remove_stale_temp_files(ckpt_dir):
             log.warning("removed %s, left by a run killed while saving", tmp)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="dev/wer", mode="min", save_top_k=1, enable_version_counter=False)

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 # KMP_BLOCKTIME by Intel's libiomp (builds linked against it); the other library ignores each.
 PASSIVE_OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
-# A core counts as taken when other processes use more than this fraction of it... i.e. free cores are
-# rounded down unless within SLACK of the next integer. The costs are asymmetric: a thread on a busy core
-# slowed training 10-30x (module docstring), one thread too few costs at most n / (n - 1) (2x on 2 cores).
+# Other processes' load (in cores) rounds up to a taken core when it exceeds a whole number by more than this:
+# 0.2 busy leaves 2 of 2 cores free, 0.4 leaves 1. Rounding leans towards fewer threads because the costs are
+# asymmetric: a thread on a busy core slowed training 10-30x (module docstring), one thread too few costs at
+# most n / (n - 1) (2x on 2 cores).
 SLACK = 0.3
 
 

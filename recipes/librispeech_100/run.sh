@@ -36,7 +36,7 @@ test_splits="test-clean test-other"
 # asr.decoding.search.DecodingOptions (decode folders say _lp<x> when it is not that default).
 beam_size=20
 ctc_weight=0.3
-read -r length_penalty default_lp < <(python -c 'from asr.decoding.search import DecodingOptions as O; o = O(); print(o.length_penalty, o.length_penalty)')
+length_penalty=""      # default: DecodingOptions' (read below)
 longform_max_s=0       # LibriSpeech utterances are whole sentences (up to ~35 s) and the models train on them whole:
                        # never split them at pauses (asr-decode's default, 6 s, is for short-utterance models)
 device=cpu             # decoding device (cuda for a GPU)
@@ -78,6 +78,10 @@ while [ $# -gt 0 ]; do
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+command -v asr-train >/dev/null || { echo "run.sh: asr-train not found: put the project's virtual environment first on PATH (e.g. export PATH=/path/to/repo/.venv/bin:\$PATH)" >&2; exit 1; }
+default_lp=$(python -c 'from asr.decoding.search import DecodingOptions as O; print(O().length_penalty)')
+[ -n "${length_penalty}" ] || length_penalty="${default_lp}"
 
 cd "$(dirname "$0")"
 # Make relative paths given on the command line work after the cd.
