@@ -27,7 +27,7 @@ set -euo pipefail
 stage=0
 stop_stage=7
 corpus_dir="${LIBRISPEECH_ROOT:-}"   # the LibriSpeech folder (holding train-clean-100/, dev-clean/, ...)
-download_dir=downloads               # stage 0 target: <download_dir>/LibriSpeech
+download_dir=""                      # stage 0 target: <download_dir>/LibriSpeech (default: downloads/ beside run.sh)
 experiment=librispeech_100/transformer
 train_split=train-clean-100
 dev_split=dev-clean
@@ -86,7 +86,7 @@ default_lp=$(python -c 'from asr.decoding.search import DecodingOptions as O; pr
 cd "$(dirname "$0")"
 # Make relative paths given on the command line work after the cd.
 case "${corpus_dir}" in /*|"") ;; *) corpus_dir="${OLDPWD}/${corpus_dir}" ;; esac
-case "${download_dir}" in /*) ;; *) download_dir="$(pwd)/${download_dir}" ;; esac
+case "${download_dir}" in /*) ;; "") download_dir="$(pwd)/downloads" ;; *) download_dir="${OLDPWD}/${download_dir}" ;; esac
 
 log() { echo "[$(date '+%F %T')] $*"; }
 join() { local IFS=,; echo "$*"; }
