@@ -139,8 +139,6 @@ def compute_feats_main(argv: list[str] | None = None) -> int:
     ``features=precomputed``, every split's fbank stored as lilcom chunks (``<dump>/<split>/feats.*.lca``) with its
     manifest ``<dump>/<split>/cuts.jsonl.gz``. ``on_the_fly`` computes only the statistics (the loader computes fbank
     from audio). ``num_jobs`` processes share each split; memory does not grow with the corpus."""
-    import torch
-
     from asr.data.lhotse_data import CUTS_NAME, store_features
     from asr.features.fbank import FbankOptions, save_cmvn_stats
 
@@ -149,8 +147,9 @@ def compute_feats_main(argv: list[str] | None = None) -> int:
                      "num_mel_bins": 80, "num_jobs": 1, "threads": 0})
     if a["features"] not in ("precomputed", "on_the_fly"):
         raise SystemExit(f"asr-compute-feats: features must be precomputed or on_the_fly, got {a['features']!r}")
-    if a["threads"]:
-        torch.set_num_threads(a["threads"])
+    from asr.utils.threads import configure_threads
+
+    configure_threads(int(a["threads"] or 0))
     opts = FbankOptions(num_mel_bins=a["num_mel_bins"])
     store = a["features"] == "precomputed"
     splits = list(a["splits"]) if store else []

@@ -1,15 +1,19 @@
 """CPU thread defaults that share a machine instead of fighting over it (issue 29, part 6).
 
-Measured on a 2-core Xeon (scripts/bench_train.py ``--competing``): training the default recipe model with
-torch's default threads (one per core, OpenMP waiting actively) while a single other busy process ran was about
-10-30x slower than alone. An OpenMP thread placed on a core that another process holds delays every parallel
-region for a scheduler time slice, and the thread that spin-waits for it keeps the other core busy. Two changes
-cure this, each measured on its own:
+Measured on a 2-core Xeon VM, default recipe model (``an4/location_aware_x4_noaug``), batches of 8
+(``scripts/bench_train.py --competing 1``): with torch's defaults (2 intra-op threads, OpenMP spinning while it
+waits) a step took 0.42 s alone and 5-57 s while one or two other processes were busy (12-100x). An OpenMP
+thread on a core that another process holds delays each of the step's thousands of parallel regions by a
+scheduler time slice, while its partner spins. What helped, each measured on its own:
 
-- as many intra-op threads as there are cores *not* busy with other processes (:func:`configure_threads`);
+- as many intra-op threads as there are cores *not* busy with other processes (:func:`configure_threads`):
+  1 thread here, 0.5-0.6 s/step with one other busy process, and at most 2x slower with two;
 - OpenMP workers that sleep instead of spin while waiting (``OMP_WAIT_POLICY=PASSIVE``,
-  :func:`set_passive_omp_env`); libgomp reads it once when it is loaded, i.e. by ``import torch``, so it must
-  be set before that import: set afterwards it has no effect (measured with torch 2.11).
+  :func:`set_passive_omp_env`): with 2 threads under load 3-50x faster than spinning, but on an idle
+  machine 0.89 s/step against 0.42 (waking a sleeping worker costs; measured on a partly idle machine). It
+  guards against load that starts after the thread count was chosen. libgomp (torch's OpenMP on Linux) reads
+  it once, when ``import torch`` loads it: set after that import it changes nothing (``OMP_DISPLAY_ENV=VERBOSE``
+  shows ``GOMP_SPINCOUNT = '300000'`` instead of ``'0'``), even before the first parallel operation.
 
 Usage, at the very top of an entry point (before anything imports torch)::
 
@@ -37,7 +41,7 @@ PASSIVE_OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 # Other processes' load (in cores) rounds up to a taken core when it exceeds a whole number by more than this:
 # 0.2 busy leaves 2 of 2 cores free, 0.4 leaves 1. Rounding leans towards fewer threads because the costs are
-# asymmetric: a thread on a busy core slowed training 10-30x (module docstring), one thread too few costs at
+# asymmetric: a thread on a busy core slowed training 12-100x (module docstring), one thread too few costs at
 # most n / (n - 1) (2x on 2 cores).
 SLACK = 0.3
 
