@@ -57,7 +57,10 @@ class DecodingOptions:
     Attributes
     ----------
     beam_size : int
-        K; 1 gives the greedy result.
+        K. 1 is a greedy search (:func:`decode_batch`): attention arg-max when ``ctc_weight`` is 0, CTC best path
+        when it is 1, and for 0 < λ < 1 the joint CTC/attention search keeping one hypothesis (the arg-max of the
+        joint score at every step). A model recorded with a CTC weight (``config.yaml`` ``decoding``) keeps it at
+        beam 1; give ``ctc_weight=0`` for attention-only greedy.
     max_len_ratio : float
         Hypotheses stop after ``max(min_len, ceil(max_len_ratio * S))`` tokens, S = encoder frames.
     min_len : int
