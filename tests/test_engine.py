@@ -14,29 +14,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import MINI_AN4, make_ckpt
+from conftest import MINI_AN4
 
 ROOT = Path(__file__).resolve().parents[1]
 WAVS = sorted(str(p) for p in (MINI_AN4 / "wav").rglob("*.wav"))
 TEST_WAV = str(MINI_AN4 / "wav/an4test_clstk/fjlp/an419-fjlp-b.wav")
 FAST = {"beam_size": 2, "max_len_ratio": 0.3, "min_len": 1}
-
-
-@pytest.fixture(scope="module")
-def ckpt(mini_an4, tmp_path_factory) -> Path:
-    from asr.text.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
-    return make_ckpt(tok, tmp_path_factory.mktemp("ck") / "ctc.ckpt", seed=0, overrides=("model.ctc_weight=0.3",))
-
-
-@pytest.fixture(scope="module")
-def model_dir(ckpt, tmp_path_factory) -> Path:
-    from asr.cli.export import export
-
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    export(ckpt, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +37,13 @@ def long_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fast_dir(model_dir, tmp_path_factory) -> Path:
-    """``model_dir`` with FAST recorded as its decoding options (so every entry point uses them by default)."""
+def fast_dir(ctc_model_dir, tmp_path_factory) -> Path:
+    """``ctc_model_dir`` with FAST recorded as its decoding options (so every entry point uses them by default)."""
     import shutil
 
     import yaml
 
-    out = Path(shutil.copytree(model_dir, tmp_path_factory.mktemp("fast") / "tiny"))
+    out = Path(shutil.copytree(ctc_model_dir, tmp_path_factory.mktemp("fast") / "tiny"))
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     cfg["decoding"].update(FAST)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -93,10 +76,10 @@ def test_long_recording_gives_the_same_words_through_every_entry_point(fast_dir,
     assert capsys.readouterr().out == f"{long_wav}\t{r.text}\n"
 
 
-def test_asr_decode_takes_a_model_directory_as_well_as_a_checkpoint(ckpt, model_dir, tmp_path):
+def test_asr_decode_takes_a_model_directory_as_well_as_a_checkpoint(ctc_ckpt, ctc_model_dir, tmp_path):
     from asr.cli.decode import decode
 
-    for name, model in (("ckpt", ckpt), ("dir", model_dir)):
+    for name, model in (("ckpt", ctc_ckpt), ("dir", ctc_model_dir)):
         decode({"ckpt": str(model), "audio": WAVS[:3], "out_dir": str(tmp_path / name), **FAST})
     assert (tmp_path / "ckpt/results.jsonl").read_text() == (tmp_path / "dir/results.jsonl").read_text()
 
@@ -112,13 +95,13 @@ def test_from_pretrained_of_a_missing_relative_directory_says_where_it_looked(tm
     assert msg.startswith("no model directory or checkpoint at models/an4_pblstm_x4") and str(tmp_path / "models/an4_pblstm_x4") in msg
 
 
-def test_options_per_call_and_beam_1_is_greedy(model_dir):
+def test_options_per_call_and_beam_1_is_greedy(ctc_model_dir):
     from asr import Speech2Text
     from asr.decoding.search import DecodingOptions, greedy_search
 
-    s2t = Speech2Text.from_pretrained(model_dir, **FAST)
+    s2t = Speech2Text.from_pretrained(ctc_model_dir, **FAST)
     per_call = s2t.transcribe(WAVS[:3], beam_size=1, ctc_weight=0.0)
-    loaded = Speech2Text.from_pretrained(model_dir, **{**FAST, "beam_size": 1, "ctc_weight": 0.0}).transcribe(WAVS[:3])
+    loaded = Speech2Text.from_pretrained(ctc_model_dir, **{**FAST, "beam_size": 1, "ctc_weight": 0.0}).transcribe(WAVS[:3])
     assert [r.token_ids for r in per_call] == [r.token_ids for r in loaded]
     assert s2t.options.beam_size == 2  # the call did not change the object's options
     feats = [s2t.engine.features(s2t._input(0, w, None))[0] for w in WAVS[:3]]
@@ -127,10 +110,10 @@ def test_options_per_call_and_beam_1_is_greedy(model_dir):
         assert g.tokens == r.token_ids
 
 
-def test_nbest_texts_are_distinct_and_timestamps_false_leaves_words_empty(model_dir):
+def test_nbest_texts_are_distinct_and_timestamps_false_leaves_words_empty(ctc_model_dir):
     from asr import Speech2Text
 
-    s2t = Speech2Text.from_pretrained(model_dir, beam_size=6, max_len_ratio=0.3, min_len=1)
+    s2t = Speech2Text.from_pretrained(ctc_model_dir, beam_size=6, max_len_ratio=0.3, min_len=1)
     (r,) = s2t.transcribe(TEST_WAV, nbest=4)
     texts = [n.text for n in r.nbest]
     assert len(texts) == len(set(texts)) and 1 <= len(texts) <= 4 and texts[0] == r.text
@@ -138,13 +121,13 @@ def test_nbest_texts_are_distinct_and_timestamps_false_leaves_words_empty(model_
     assert q.words == [] and q.segments == [] and q.timestamps == "none" and q.text == r.text
 
 
-def test_bad_inputs_are_error_results_and_others_are_transcribed(model_dir, tmp_path):
+def test_bad_inputs_are_error_results_and_others_are_transcribed(ctc_model_dir, tmp_path):
     from asr import Speech2Text
 
     x, _ = sf.read(TEST_WAV, dtype="float32")
     short = tmp_path / "click.wav"
     sf.write(str(short), x[: int(0.03 * 16000)], 16000)
-    s2t = Speech2Text.from_pretrained(model_dir, **FAST)
+    s2t = Speech2Text.from_pretrained(ctc_model_dir, **FAST)
     good, missing, click, nan = s2t.transcribe([TEST_WAV, str(tmp_path / "missing.wav"), str(short), np.full(16000, np.nan, dtype=np.float32)], sample_rate=16000)
     assert good.error is None and good.text == s2t.transcribe(TEST_WAV)[0].text
     assert "file not found" in missing.error and missing.text == ""
@@ -152,11 +135,11 @@ def test_bad_inputs_are_error_results_and_others_are_transcribed(model_dir, tmp_
     assert "NaN" in nan.error
 
 
-def test_engine_chunks_keep_input_order_and_results(model_dir):
+def test_engine_chunks_keep_input_order_and_results(ctc_model_dir):
     from asr.decoding.engine import Engine, EngineInput
 
-    big = Engine.load(model_dir, options=FAST, batch_size=3)
-    small = Engine.load(model_dir, options=FAST, batch_size=3, chunk_frames=1)  # one input per chunk
+    big = Engine.load(ctc_model_dir, options=FAST, batch_size=3)
+    small = Engine.load(ctc_model_dir, options=FAST, batch_size=3, chunk_frames=1)  # one input per chunk
     inputs = [EngineInput(f"u{i}", path=w) for i, w in enumerate(WAVS)]
     a, b = list(big.run(inputs)), list(small.run(inputs))
     assert [r.key for r in a] == [r.key for r in b] == [f"u{i}" for i in range(len(WAVS))]
@@ -164,30 +147,30 @@ def test_engine_chunks_keep_input_order_and_results(model_dir):
     assert small.stats["n_batches"] == len(WAVS) and big.stats["n_batches"] == -(-len(WAVS) // 3)
 
 
-def test_one_line_refusals(model_dir, capsys):
+def test_one_line_refusals(ctc_model_dir, capsys):
     from asr import Speech2Text
     from asr.cli.transcribe import main
 
-    s2t = Speech2Text.from_pretrained(model_dir, beam_size=1)
+    s2t = Speech2Text.from_pretrained(ctc_model_dir, beam_size=1)
     with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 0$"):
         s2t.transcribe(TEST_WAV, batch_size=0)
     with pytest.raises(ValueError, match=r"^nbest=3 needs beam_size >= 3 \(decoding with beam_size=1\)$"):
         s2t.transcribe(TEST_WAV, nbest=3)
-    assert main(["--model", str(model_dir), "--batch-size", "0", TEST_WAV]) == 2
+    assert main(["--model", str(ctc_model_dir), "--batch-size", "0", TEST_WAV]) == 2
     assert capsys.readouterr().err == "asr-transcribe: batch_size must be an integer >= 1, got 0\n"
-    assert main(["--model", str(model_dir), "--beam-size", "1", "--nbest", "3", TEST_WAV]) == 2
+    assert main(["--model", str(ctc_model_dir), "--beam-size", "1", "--nbest", "3", TEST_WAV]) == 2
     assert capsys.readouterr().err == "asr-transcribe: nbest=3 needs beam_size >= 3 (decoding with beam_size=1)\n"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
-            Speech2Text.from_pretrained(model_dir, device="cuda")
-        assert main(["--model", str(model_dir), "--device", "cuda", TEST_WAV]) == 2
+            Speech2Text.from_pretrained(ctc_model_dir, device="cuda")
+        assert main(["--model", str(ctc_model_dir), "--device", "cuda", TEST_WAV]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no CUDA GPU is available" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_asr_decode_device_cuda_without_gpu_is_one_line(model_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "asr.cli.decode", f"ckpt={model_dir}", f"audio={TEST_WAV}", f"out_dir={tmp_path / 'd'}", "device=cuda"],
+def test_asr_decode_device_cuda_without_gpu_is_one_line(ctc_model_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.decode", f"ckpt={ctc_model_dir}", f"audio={TEST_WAV}", f"out_dir={tmp_path / 'd'}", "device=cuda"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("asr-decode: device 'cuda': no CUDA GPU is available")

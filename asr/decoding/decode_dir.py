@@ -24,8 +24,8 @@ import torch
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION
 from asr.data.dataset import load_split
-from asr.decoding.engine import Engine, EngineInput, InputResult, Unit, model_sha256, utt_id_for
-from asr.decoding.longform import SegmentOptions, segment_id, stitch
+from asr.decoding.engine import Engine, EngineInput, InputResult, Unit, check_batching, check_device, model_sha256, utt_id_for
+from asr.decoding.longform import SegmentOptions, stitch
 from asr.decoding.results import (
     INPUT_KEY,
     PARTIAL_RESULTS,
@@ -148,6 +148,8 @@ def decode(cfg: Mapping[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(cfg["threads"]))
     given = given_options(cfg)
     resolve_options(None, given)  # bad option values fail here, before any model is read
+    check_batching(cfg.get("batch_size", 16), cfg.get("max_frames", 0) or 0)
+    check_device(cfg.get("device", "cpu"))
     longform_max_s = float(cfg.get("longform_max_s", 0) or 0)
     seg = SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 3.0)), longform_max_s))
     if not cfg.get("data_dir") and not audio_list(cfg):

@@ -50,7 +50,7 @@ from asr.models.pretrained import load_model
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import file_sha256
 
-__all__ = ["EngineInput", "Unit", "InputResult", "Engine", "load_members", "min_input_frames", "utt_id_for", "model_sha256", "CHUNK_FRAMES"]
+__all__ = ["EngineInput", "Unit", "InputResult", "Engine", "load_members", "min_input_frames", "utt_id_for", "model_sha256", "check_batching", "check_device", "CHUNK_FRAMES"]
 
 log = logging.getLogger("asr.decode")
 
@@ -235,7 +235,7 @@ def load_members(paths: Sequence[str | Path]) -> tuple[list[AttentionASRModel], 
     return models, tok, fbank, info
 
 
-def _check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device.
 
     Raises
@@ -297,7 +297,7 @@ class Engine:
         chunk_frames: int = CHUNK_FRAMES,
     ) -> None:
         check_batching(batch_size, max_frames)
-        self.device = _check_device(device)
+        self.device = check_device(device)
         members = [models] if isinstance(models, AttentionASRModel) else list(models)
         self.models = [m.to(self.device).eval() for m in members]
         self.tokenizer, self.fbank, self.options = tokenizer, fbank, options
