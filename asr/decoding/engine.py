@@ -284,6 +284,14 @@ class Engine:
         Long-form segmentation (``max_s`` 0 or None: never split); its ``frame_shift_s`` is set to ``fbank``'s.
     chunk_frames : int
         fbank frames held at once (module docstring).
+    info : dict, optional
+        What is known of the model (:meth:`load`: ``model_cfg``, ``decoding``, ``feat_dim``, ``frame_shift_s``).
+
+    Attributes
+    ----------
+    stats : dict
+        ``n_batches``, ``decode_s`` (seconds spent in batches) and ``audio_s`` (seconds of audio decoded) since
+        the engine was made.
 
     Raises
     ------
@@ -294,7 +302,7 @@ class Engine:
     def __init__(
         self, models: AttentionASRModel | Sequence[AttentionASRModel], tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions,
         device: str | torch.device = "cpu", batch_size: int = 16, max_frames: int = 20000, segments: SegmentOptions | None = None,
-        chunk_frames: int = CHUNK_FRAMES,
+        chunk_frames: int = CHUNK_FRAMES, info: dict[str, Any] | None = None,
     ) -> None:
         check_batching(batch_size, max_frames)
         self.device = check_device(device)
@@ -304,6 +312,7 @@ class Engine:
         self.batch_size, self.max_frames, self.chunk_frames = batch_size, max_frames, max(1, int(chunk_frames))
         self.segments = dataclasses.replace(segments or SegmentOptions(max_s=0.0, min_s=0.0), frame_shift_s=fbank.frame_shift_s)
         self.min_frames = min_input_frames(self.models)
+        self.info = dict(info or {})
         self.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0}
 
     @classmethod
@@ -319,9 +328,7 @@ class Engine:
             for p, m in zip(paths, models):
                 if m.ctc is None:
                     raise ValueError(f"checkpoint {p} has no CTC branch: ensemble decoding with ctc_weight > 0 needs one in every member")
-        engine = cls(models, tok, fbank, opts, **kw)
-        engine.info = info
-        return engine
+        return cls(models, tok, fbank, opts, info=info, **kw)
 
     @property
     def model(self) -> AttentionASRModel:
@@ -507,8 +514,11 @@ class Engine:
         enc_lens = self.model.encoder.output_lengths(lens).tolist()
         ctc_lp = None
         if timestamps and self.model.ctc is not None:
-            hs, hs_lens = self.model.encode(xs, lens)
-            ctc_lp, enc_lens = ctc_log_probs(self.model, hs).cpu(), hs_lens.tolist()
+            try:
+                hs, hs_lens = self.model.encode(xs, lens)
+                ctc_lp, enc_lens = ctc_log_probs(self.model, hs).cpu(), hs_lens.tolist()
+            except Exception as exc:  # noqa: BLE001 -- timestamps then come from attention peaks
+                log.warning("CTC posteriors for timestamps failed (%s: %s): using attention peaks", type(exc).__name__, exc)
         shift = self.fbank.frame_shift_s
         for j, ((res, unit, x), out) in enumerate(zip(items, outs)):
             unit.enc_frames = int(enc_lens[j])
