@@ -190,10 +190,10 @@ def test_model_error_on_one_utterance_is_an_errors_row(tmp_path, tiny_ckpt, monk
     real = dec.decode_batch
     bad_len = _n_fbank(WAVS[1])
 
-    def flaky(models, xs, lens, opts):
+    def flaky(models, xs, lens, opts, **kw):
         if bool((lens == bad_len).any()):
             raise RuntimeError("simulated model failure")
-        return real(models, xs, lens, opts)
+        return real(models, xs, lens, opts, **kw)
 
     monkeypatch.setattr(dec, "decode_batch", flaky)
     out = tmp_path / "dec"

@@ -49,11 +49,11 @@ def _interrupt_after(monkeypatch, n_batches: int) -> list[int]:
     """Make ``decode_batch`` raise KeyboardInterrupt on call ``n_batches + 1``; returns the batch sizes seen."""
     real, sizes = engine_mod.decode_batch, []
 
-    def fake(model, feats, feat_lens, opts):
+    def fake(model, feats, feat_lens, opts, **kw):
         if len(sizes) == n_batches:
             raise KeyboardInterrupt
         sizes.append(int(feats.shape[0]))
-        return real(model, feats, feat_lens, opts)
+        return real(model, feats, feat_lens, opts, **kw)
 
     monkeypatch.setattr(engine_mod, "decode_batch", fake)
     return sizes

@@ -174,3 +174,32 @@ def test_asr_decode_device_cuda_without_gpu_is_one_line(ctc_model_dir, tmp_path)
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("asr-decode: device 'cuda': no CUDA GPU is available")
+
+
+def test_timestamps_run_the_encoder_once_per_batch(ctc_model_dir, monkeypatch):
+    """The CTC posteriors for timestamps and the search share one encoder pass; the times are those of a separate
+    pass (as Speech2Text computed them before issue 30)."""
+    from asr import Speech2Text
+    from asr.decoding.search import Hypothesis, ctc_log_probs
+    from asr.inference import _word_spans
+
+    s2t = Speech2Text.from_pretrained(ctc_model_dir, **FAST)
+    real, calls = s2t.model.encode, []
+    monkeypatch.setattr(s2t.model, "encode", lambda xs, lens: calls.append(1) or real(xs, lens))
+    (r,) = s2t.transcribe([TEST_WAV])
+    assert len(calls) == 1 and r.timestamps == "ctc"
+    monkeypatch.undo()
+    x, _ = s2t.engine.features(s2t._input(0, TEST_WAV, None))
+    hs, hs_lens = s2t.model.encode(x[None], torch.tensor([x.shape[0]]))
+    h = Hypothesis(r.token_ids, r.score, r.norm_score, torch.zeros(len(r.token_ids) + 1, int(hs_lens[0])))
+    spans, how = s2t.engine.token_spans(h, ctc_log_probs(s2t.model, hs)[0], int(hs_lens[0]), r.duration)
+    assert how == "ctc" and r.words == _word_spans(r.tokens, spans)
+
+
+def test_all_inputs_bad_leaves_errors_tsv_and_no_partial_files(ctc_model_dir, tmp_path):
+    from asr.cli.decode import decode
+
+    out = tmp_path / "d"
+    with pytest.raises(ValueError, match="no utterance to decode: 1 error"):
+        decode({"ckpt": str(ctc_model_dir), "audio": [str(tmp_path / "missing.wav")], "out_dir": str(out), **FAST})
+    assert (out / "errors.tsv").is_file() and not (out / ".partial").exists() and not (out / "results.partial.jsonl").exists()

@@ -226,6 +226,7 @@ def _decode_locked(cfg: Mapping[str, Any], engine: Engine, out_dir: Path) -> dic
             final[res.key] = stitch(res.key, res.input.ref, seg_rows, [(u.start, u.end) for u in res.units], shift)
             seg_lines += [{"utt_id": res.key, **{k: v for k, v in sg.items() if k != "tokens"}} for sg in final[res.key]["segments"]]
     if not final:
+        remove_partial(out_dir)  # nothing decoded: no partial row to keep
         if errors:
             write_errors(errors, out_dir)
             raise ValueError(f"no utterance to decode: {len(errors)} error(s), e.g. {errors[0][0]}: {errors[0][1]}; see {out_dir / 'errors.tsv'}")

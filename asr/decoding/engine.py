@@ -421,7 +421,8 @@ class Engine:
         nbest : int
             > 1: every unit's ``nbest`` holds at most that many hypotheses with distinct texts (beam search).
         timestamps : bool
-            Fill ``Unit.spans`` (for a model with a CTC branch, one more encoder pass per batch).
+            Fill ``Unit.spans`` (for a model with a CTC branch, from its CTC posteriors; the encoder still runs
+            once per batch).
         batch_size : int, optional
             This call's most units per batch (default: the engine's).
         cached : callable, optional
@@ -510,15 +511,8 @@ class Engine:
         feats = [x for _, _, x in items]
         xs = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device)
         lens = torch.tensor([f.shape[0] for f in feats], device=self.device)
-        outs = _decode_isolated(self.models, xs, lens, opts, nbest=nbest)
+        outs = _decode_isolated(self.models, xs, lens, opts, nbest=nbest, ctc_posteriors=timestamps)
         enc_lens = self.model.encoder.output_lengths(lens).tolist()
-        ctc_lp = None
-        if timestamps and self.model.ctc is not None:
-            try:
-                hs, hs_lens = self.model.encode(xs, lens)
-                ctc_lp, enc_lens = ctc_log_probs(self.model, hs).cpu(), hs_lens.tolist()
-            except Exception as exc:  # noqa: BLE001 -- timestamps then come from attention peaks
-                log.warning("CTC posteriors for timestamps failed (%s: %s): using attention peaks", type(exc).__name__, exc)
         shift = self.fbank.frame_shift_s
         for j, ((res, unit, x), out) in enumerate(zip(items, outs)):
             unit.enc_frames = int(enc_lens[j])
@@ -527,12 +521,12 @@ class Engine:
                 log.error("decoding %s failed: %s: %s", unit.unit_id, type(out).__name__, out)
                 unit.error = f"decoding failed ({type(out).__name__}: {out})"
                 continue
-            unit.hyp = out[0]
-            unit.nbest = self.distinct_texts(out, nbest) if nbest > 1 else None
+            hyps, lp = out
+            unit.hyp = hyps[0]
+            unit.nbest = self.distinct_texts(hyps, nbest) if nbest > 1 else None
             if timestamps:
                 offset = unit.start * shift
                 length = res.duration - offset if len(res.units) == 1 else unit.n_frames * shift
-                lp = ctc_lp[j] if ctc_lp is not None else None
                 spans, unit.timestamps = self.token_spans(unit.hyp, lp, unit.enc_frames, length)
                 unit.spans = [(round(a + offset, 3), round(b + offset, 3)) for a, b in spans]
                 if unit.nbest:
@@ -541,28 +535,36 @@ class Engine:
         self.stats["decode_s"] += time.perf_counter() - t0
 
 
-def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int) -> list[list[Hypothesis]]:
-    """Hypotheses per utterance, best first: one (:func:`decode_batch`), or with ``nbest`` > 1 the beam's finished
-    ones (up to ``2 * nbest``, to leave room for hypotheses whose texts coincide)."""
+def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int, ctc_posteriors: bool) -> list[tuple[list[Hypothesis], Tensor | None]]:
+    """Per utterance: its hypotheses, best first (one from :func:`decode_batch`, or with ``nbest`` > 1 the beam's
+    finished ones, up to ``2 * nbest`` to leave room for hypotheses whose texts coincide), and with
+    ``ctc_posteriors`` the first model's ``(S, V)`` CTC log-posteriors (None without a CTC branch). The encoder
+    output behind those posteriors is handed to the search, so the encoder runs once."""
+    first, encoded, ctc = models[0], None, None
+    if ctc_posteriors and first.ctc is not None:
+        encoded = first.encode(xs, lens)
+        ctc = ctc_log_probs(first, encoded[0]).cpu()
     if nbest > 1:
-        return beam_search(models, xs, lens, opts, nbest=2 * nbest)
-    return [[h] for h in decode_batch(models, xs, lens, opts)]
+        lists = beam_search(models, xs, lens, opts, nbest=2 * nbest, encoded=encoded)
+    else:
+        lists = [[h] for h in decode_batch(models, xs, lens, opts, encoded=encoded)]
+    return [(hyps, ctc[i] if ctc is not None else None) for i, hyps in enumerate(lists)]
 
 
-def _decode_isolated(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int = 1) -> list[list[Hypothesis] | Exception]:
+def _decode_isolated(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int = 1, ctc_posteriors: bool = False) -> list[tuple[list[Hypothesis], Tensor | None] | Exception]:
     """:func:`_search`, one failure not taking the others down: when the batch fails it is decoded one
-    utterance at a time and an utterance that fails alone gets its exception in place of its hypotheses."""
+    utterance at a time and an utterance that fails alone gets its exception in place of its result."""
     try:
-        return list(_search(models, xs, lens, opts, nbest))
+        return list(_search(models, xs, lens, opts, nbest, ctc_posteriors))
     except Exception as exc:  # noqa: BLE001 -- any model error of one input must not stop the others
         if xs.shape[0] == 1:
             return [exc]
         log.warning("batch of %d failed (%s: %s): decoding its utterances one by one", xs.shape[0], type(exc).__name__, exc)
-    out: list[list[Hypothesis] | Exception] = []
+    out: list[tuple[list[Hypothesis], Tensor | None] | Exception] = []
     for i in range(xs.shape[0]):
         n = int(lens[i])
         try:
-            out.append(_search(models, xs[i : i + 1, :n], lens[i : i + 1], opts, nbest)[0])
+            out.append(_search(models, xs[i : i + 1, :n], lens[i : i + 1], opts, nbest, ctc_posteriors)[0])
         except Exception as exc:  # noqa: BLE001
             out.append(exc)
     return out
