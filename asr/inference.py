@@ -7,38 +7,42 @@
 ``from_pretrained`` takes a model directory (:mod:`asr.models.pretrained`), a training checkpoint (``.ckpt``) or a
 Hugging Face repository id (downloaded with ``huggingface_hub`` when that optional package is installed:
 ``pip install 'asr[hub]'``). Keyword arguments are search options (:class:`~asr.decoding.search.DecodingOptions`
-fields) over the model's recorded ones (``config.yaml`` ``decoding``) over the toolkit's defaults.
+fields) over the model's recorded ones (``config.yaml`` ``decoding``) over the toolkit's defaults; ``transcribe``
+takes them per call too.
 
-Decoding is the same code as ``asr-decode``: fbank (:func:`~asr.features.fbank.compute_fbank` with the model's
-front-end settings), :func:`~asr.decoding.search.decode_batch`, the tokenizer's ``decode``.
+Decoding is :class:`~asr.decoding.engine.Engine`, the engine of ``asr-decode`` and ``asr-transcribe``: fbank with the
+model's front-end settings, long recordings split at pauses into segments of at most ``longform_max_s`` seconds
+(6 s by default, as ``asr-decode``'s; :mod:`asr.decoding.longform`), length-sorted batches, the search, stitching.
+So the three give the same words for the same recording.
 
-Timestamps (``Result.words`` / ``Result.segments``, seconds from the start of the audio): for a model with a CTC
+Timestamps (``Result.words`` / ``Result.segments``, seconds from the start of the recording): for a model with a CTC
 branch, from the Viterbi alignment of the hypothesis to the CTC posteriors (:func:`~asr.decoding.ctc.ctc_align`):
 a token spans its first to last aligned encoder frame; for a model without one (or when no CTC path has that
 labelling), from attention peaks: token ``u`` starts at the arg-max frame of its attention row and ends where the
-next token's (or eos's) peak is. Resolution is one encoder frame (``frame_shift_s * subsampling``, 40 ms for the
-×4 pBLSTM). ``Result.timestamps`` says which was used.
+next token's (or eos's) peak is (:meth:`~asr.decoding.engine.Engine.token_spans`). Resolution is one encoder frame
+(``frame_shift_s * subsampling``, 40 ms for the ×4 pBLSTM). ``Result.timestamps`` says which was used.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from asr.decoding.ctc import ctc_align
+from asr.decoding.engine import Engine, EngineInput, InputResult, Unit
+from asr.decoding.longform import SegmentOptions
 from asr.decoding.results import attention_matrix
-from asr.decoding.search import DecodingOptions, Hypothesis, beam_search, ctc_log_probs, decode_batch, resolve_options
-from asr.features.audio import load_audio, resample_waveform
-from asr.features.fbank import FbankOptions, compute_fbank
+from asr.decoding.search import DecodingOptions, Hypothesis, resolve_options
+from asr.features.audio import resample_waveform
+from asr.features.fbank import FbankOptions
 from asr.models.asr_model import AttentionASRModel
-from asr.models.checkpoint import fbank_options, load_checkpoint
-from asr.models.pretrained import is_model_dir, load_model_dir
+from asr.models.pretrained import load_model
 from asr.text.tokenizer import Tokenizer
 
 __all__ = ["Speech2Text", "Result", "Word", "Segment", "resolve_model_path"]
@@ -59,8 +63,8 @@ class Word:
 
 @dataclass
 class Segment:
-    """A stretch of a hypothesis (one per input for these short-utterance models): text, span in seconds, and
-    its token pieces."""
+    """A stretch of a hypothesis: text, span in seconds from the start of the recording (its first word's start to
+    its last word's end), and its token pieces. One per input, or one per long-form segment of a long recording."""
 
     text: str
     start: float
@@ -81,17 +85,23 @@ class Result:
     score : float
         Total log-score (joint CTC/attention with λ > 0); ``norm_score``: the ranking score.
     words, segments : lists of :class:`Word` / :class:`Segment`
-        With start/end seconds (module docstring); empty for an empty hypothesis.
+        With start/end seconds (module docstring); empty for an empty hypothesis or with ``timestamps=False``.
     timestamps : str
-        ``"ctc"`` (CTC alignment) or ``"attention"`` (attention peaks).
+        ``"ctc"`` (CTC alignment), ``"attention"`` (attention peaks; also when only some segments of a long
+        recording could be aligned with CTC) or ``"none"`` (``timestamps=False``).
     duration : float
         Seconds of audio.
     nbest : list of Result or None
-        With ``transcribe(nbest=N > 1)``: the N best hypotheses (this one first) of the beam search.
+        With ``transcribe(nbest=N > 1)``: at most N hypotheses with distinct texts (this one first) of the beam
+        search; fewer when the beam finished fewer. A long recording decoded in segments gets only its best.
     attention : numpy array or None
-        With ``return_attention=True``: ``(len(tokens) + 1, S)`` weights over encoder frames (last row: eos).
+        With ``return_attention=True``: ``(len(tokens) + 1, S)`` weights over encoder frames (last row: eos); None
+        for a long recording decoded in segments.
     path : str or None
         The input file, if the input was one.
+    error : str or None
+        Why the input could not be transcribed (unreadable, too short, ...; the other fields are then empty), or
+        with a long recording, which segments failed (the text holds the others).
     """
 
     text: str
@@ -106,6 +116,7 @@ class Result:
     nbest: list["Result"] | None = None
     attention: np.ndarray | None = field(default=None, repr=False)
     path: str | None = None
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (attention as nested lists when present)."""
@@ -124,19 +135,21 @@ def resolve_model_path(path_or_repo_id: str | os.PathLike[str], revision: str | 
     Raises
     ------
     FileNotFoundError
-        Not a local path, and ``huggingface_hub`` is not installed (the message says how to install it) or
-        the id does not look like ``owner/name``.
+        Nothing at the path, and it is not an ``owner/name`` id or ``huggingface_hub`` is not installed: the
+        message says that no model directory or checkpoint exists at the path, gives the absolute path looked
+        at and, for an ``owner/name`` id, how to install ``huggingface_hub``.
     """
     p = Path(path_or_repo_id)
     if p.exists():
         return p
     repo = str(path_or_repo_id)
+    missing = f"no model directory or checkpoint at {repo} (looked at {p.absolute()})"
     if repo.count("/") != 1 or repo.startswith((".", "/")):
-        raise FileNotFoundError(f"no model directory or checkpoint at {repo} (and it is not an owner/name repository id)")
+        raise FileNotFoundError(f"{missing}; it is not an owner/name repository id either")
     try:
         import huggingface_hub
     except ImportError as exc:
-        raise FileNotFoundError(f"no local model at {repo}; loading it as a Hugging Face repository id needs huggingface_hub (pip install 'asr[hub]')") from exc
+        raise FileNotFoundError(f"{missing}; loading {repo} as a Hugging Face repository id needs huggingface_hub (pip install 'asr[hub]')") from exc
     return Path(huggingface_hub.snapshot_download(repo_id=repo, revision=revision, cache_dir=cache_dir))
 
 
@@ -160,7 +173,8 @@ def _word_spans(pieces: list[str], spans: list[tuple[float, float]]) -> list[Wor
 
 
 class Speech2Text:
-    """A loaded model with its tokenizer, front end and search options.
+    """A loaded model with its tokenizer, front end and search options, decoding through an
+    :class:`~asr.decoding.engine.Engine`.
 
     Parameters
     ----------
@@ -169,152 +183,176 @@ class Speech2Text:
     fbank : FbankOptions
         The front end the model was trained with.
     options : DecodingOptions
+        The default search options (``transcribe`` takes others per call).
     device : str or torch.device
+    longform_max_s, longform_min_s : float
+        Inputs longer than ``longform_max_s`` seconds are decoded as segments of ``longform_min_s`` to
+        ``longform_max_s`` seconds cut at pauses (:class:`~asr.decoding.longform.SegmentOptions`; 0: never split).
+    max_frames : int
+        Most padded fbank frames per batch (0: no cap).
+
+    Raises
+    ------
+    ValueError
+        ``device`` is a CUDA device and no GPU is available; a bad ``max_frames`` or segment option.
     """
 
-    def __init__(self, model: AttentionASRModel, tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+    def __init__(
+        self, model: AttentionASRModel, tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions, device: str | torch.device = "cpu",
+        longform_max_s: float = SegmentOptions.max_s, longform_min_s: float = SegmentOptions.min_s, max_frames: int = 20000,
+    ) -> None:
+        segments = SegmentOptions(max_s=longform_max_s, min_s=min(longform_min_s, longform_max_s))
+        self.engine = Engine(model, tokenizer, fbank, options, device=device, batch_size=8, max_frames=max_frames, segments=segments)
+        self.device, self.model = self.engine.device, self.engine.model
         self.tokenizer, self.fbank, self.options = tokenizer, fbank, options
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike[str], device: str | torch.device = "cpu", revision: str | None = None, cache_dir: str | None = None, **decoding_options: Any) -> "Speech2Text":
         """Load a model directory, a ``.ckpt`` training checkpoint or a Hugging Face repository id.
 
-        ``decoding_options`` (``beam_size``, ``ctc_weight``, ``length_penalty``, ``max_len_ratio``, ``min_len``)
-        override the model's recorded options (``config.yaml`` ``decoding``), which override the defaults of
-        :class:`DecodingOptions` (:func:`~asr.decoding.search.resolve_options`: without a CTC branch λ is 0).
+        ``decoding_options`` (``beam_size``, ``ctc_weight``, ``length_penalty``, ... any
+        :class:`DecodingOptions` field) override the model's recorded options (``config.yaml`` ``decoding``),
+        which override the defaults of :class:`DecodingOptions` (:func:`~asr.decoding.search.resolve_options`:
+        without a CTC branch λ is 0).
 
         Raises
         ------
         FileNotFoundError
-            Nothing at the path and no hub download possible (:func:`resolve_model_path`).
+            Nothing at the path and no hub download possible (:func:`resolve_model_path`), or a directory that is
+            not a model directory.
         ValueError
-            An unknown decoding option, or a model file that refuses to load (see
-            :func:`~asr.models.pretrained.load_model_dir`, :func:`~asr.models.checkpoint.load_checkpoint`).
+            An unknown or invalid decoding option, a CUDA ``device`` without a GPU, or a model file that refuses
+            to load (see :func:`~asr.models.pretrained.load_model`).
         """
         path = resolve_model_path(path_or_repo_id, revision, cache_dir)
-        if path.is_file():
-            model, tok, meta = load_checkpoint(path)
-            fbank, recorded = fbank_options(meta), {}
-        elif is_model_dir(path):
-            model, tok, config = load_model_dir(path)
-            fbank, recorded = config["fbank"], dict(config.get("decoding") or {})
-        else:
-            raise FileNotFoundError(f"{path}: neither a checkpoint file nor a model directory (config.yaml + model.safetensors)")
-        options = resolve_options(model, {**recorded, **decoding_options})
+        resolve_options(None, decoding_options)  # a bad option fails before the model is read
+        model, tok, fbank, info = load_model(path)
+        options = resolve_options(model, {**info["decoding"], **decoding_options})
         return cls(model, tok, fbank, options, device)
 
     # ---- input ------------------------------------------------------------------------------------------------
-    def _waveform(self, x: Any, sample_rate: int | None) -> tuple[torch.Tensor, str | None]:
+    def _input(self, i: int, x: Any, sample_rate: int | None) -> EngineInput:
+        """The engine input of ``x`` (a path, or a 1-D waveform at ``sample_rate``, resampled to the model's rate).
+
+        Raises
+        ------
+        ValueError
+            An array that is not 1-D, or no ``sample_rate`` for it.
+        """
         if isinstance(x, (str, os.PathLike)):
-            return load_audio(x, self.fbank.sample_rate), str(x)
+            return EngineInput(str(i), path=str(x))
         wav = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
         if wav.dim() != 1:
             raise ValueError(f"an in-memory waveform must be 1-D (num_samples,), got shape {tuple(wav.shape)}")
         if sample_rate is None:
             raise ValueError("transcribe() of an array needs sample_rate= (Hz)")
         if not bool(torch.isfinite(wav).all()):
-            raise ValueError("the waveform contains NaN or infinite samples")
-        return resample_waveform(wav, int(sample_rate), self.fbank.sample_rate), None
+            return EngineInput(str(i), error="the waveform contains NaN or infinite samples")
+        return EngineInput(str(i), wav=resample_waveform(wav, int(sample_rate), self.fbank.sample_rate))
 
     # ---- output -----------------------------------------------------------------------------------------------
-    def _spans(self, h: Hypothesis, ctc_logp: torch.Tensor | None, n_enc: int, duration: float) -> tuple[list[tuple[float, float]], str]:
-        """Seconds ``(start, end)`` per token, and which source gave them."""
-        spf = self.fbank.frame_shift_s * self.model.subsampling_factor
-        frames = None
-        if ctc_logp is not None:
-            frames = ctc_align(ctc_logp[:n_enc], h.tokens, self.model.pad_id)
-        how = "ctc"
-        if frames is None:
-            how = "attention"
-            peaks = h.attention.float()[:, :n_enc].argmax(-1).tolist()
-            if len(peaks) == len(h.tokens):
-                peaks.append(n_enc - 1)
-            frames = []
-            for u in range(len(h.tokens)):
-                a = peaks[u]
-                b = max(a, peaks[u + 1] - 1)
-                frames.append((a, b))
-        return [(round(min(a * spf, duration), 3), round(min((b + 1) * spf, duration), 3)) for a, b in frames], how
-
-    def _result(self, h: Hypothesis, ctc_logp: torch.Tensor | None, n_enc: int, duration: float, attention: bool, path: str | None) -> Result:
+    def _hyp_result(self, h: Hypothesis, spans: list[tuple[float, float]] | None, how: str, duration: float, attention: bool, path: str | None) -> Result:
+        """The Result of one hypothesis of an input decoded whole."""
         pieces = self.tokenizer.pieces(h.tokens)
-        spans, how = self._spans(h, ctc_logp, n_enc, duration)
-        words = _word_spans(pieces, spans)
         text = self.tokenizer.decode(h.tokens)
-        segments = [Segment(text, words[0].start, words[-1].end, pieces)] if words else []
+        words = _word_spans(pieces, spans) if spans is not None else []
         return Result(
             text=text, tokens=pieces, token_ids=[int(t) for t in h.tokens], score=float(h.score), norm_score=float(h.norm_score),
-            words=words, segments=segments, timestamps=how, duration=round(duration, 3),
-            attention=attention_matrix(h) if attention else None, path=path,
+            words=words, segments=[Segment(text, words[0].start, words[-1].end, pieces)] if words else [], timestamps=how,
+            duration=round(duration, 3), attention=attention_matrix(h) if attention else None, path=path,
+        )
+
+    def _result(self, res: InputResult, attention: bool, timestamps: bool) -> Result:
+        """The Result of one engine result: an error, an input decoded whole, or a long recording's segments
+        stitched (texts joined with a space, scores summed, ``norm_score`` their mean, words and one
+        :class:`Segment` per segment with times from the start of the recording)."""
+        path = res.input.path
+        if res.error is not None:
+            return Result("", [], [], 0.0, 0.0, timestamps="none", duration=round(res.duration, 3), path=path, error=res.error)
+        units: list[Unit] = res.units
+        parts = [self._hyp_result(u.hyp, u.spans, u.timestamps if timestamps else "none", res.duration, attention and not res.segmented, path) for u in units if u.hyp is not None]
+        failed = [u for u in units if u.hyp is None]
+        error = "; ".join(f"{u.unit_id if res.segmented else 'decoding'}: {u.error}" for u in failed) or None
+        if not res.segmented:
+            if not parts:
+                return Result("", [], [], 0.0, 0.0, timestamps="none", duration=round(res.duration, 3), path=path, error=error)
+            r = parts[0]
+            if units[0].nbest is not None:
+                spans = units[0].nbest_spans or [None] * len(units[0].nbest)
+                r.nbest = [self._hyp_result(g, sp, r.timestamps, res.duration, attention, path) for g, sp in zip(units[0].nbest, spans)]
+            return r
+        hows = {p.timestamps for p in parts}
+        return Result(
+            text=" ".join(p.text for p in parts if p.text), tokens=[t for p in parts for t in p.tokens], token_ids=[t for p in parts for t in p.token_ids],
+            score=sum(p.score for p in parts), norm_score=sum(p.norm_score for p in parts) / len(parts) if parts else 0.0,
+            words=[w for p in parts for w in p.words], segments=[s for p in parts for s in p.segments],
+            timestamps=hows.pop() if len(hows) == 1 else "attention" if parts else "none", duration=round(res.duration, 3), path=path, error=error,
+            nbest=[] if units[0].nbest is not None else None,
         )
 
     # ---- decoding ---------------------------------------------------------------------------------------------
+    def stream(
+        self, inputs: Any, sample_rate: int | None = None, batch_size: int = 8, nbest: int = 1, return_attention: bool = False, timestamps: bool = True,
+        **decoding_options: Any,
+    ) -> Iterator[Result]:
+        """:meth:`transcribe` as an iterator: the Results come in input order as their chunk of inputs is decoded
+        (:class:`~asr.decoding.engine.Engine`: bounded memory). Arguments are checked at the call."""
+        single = isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor))
+        items: Sequence[Any] = [inputs] if single else list(inputs)
+        opts = resolve_options(None, {**asdict(self.options), **decoding_options}) if decoding_options else self.options
+        engine_inputs = [self._input(i, x, sample_rate) for i, x in enumerate(items)]
+        results = self.engine.run(engine_inputs, opts, nbest=nbest, timestamps=timestamps, batch_size=batch_size)
+        return self._results(results, nbest, return_attention, timestamps)
+
+    def _results(self, results: Iterator[InputResult], nbest: int, attention: bool, timestamps: bool) -> Iterator[Result]:
+        """The generator of :meth:`stream`."""
+        for res in results:
+            r = self._result(res, attention, timestamps)
+            if r.nbest == []:  # a long recording decoded in segments: only its best
+                r.nbest = [dataclasses.replace(r, nbest=None)]
+            yield r
+
     @torch.no_grad()
-    def transcribe(self, inputs: Any, sample_rate: int | None = None, batch_size: int = 8, nbest: int = 1, return_attention: bool = False, timestamps: bool = True) -> list[Result]:
+    def transcribe(
+        self, inputs: Any, sample_rate: int | None = None, batch_size: int = 8, nbest: int = 1, return_attention: bool = False, timestamps: bool = True,
+        **decoding_options: Any,
+    ) -> list[Result]:
         """Transcribe audio files and/or waveforms.
 
         Parameters
         ----------
         inputs : path, array, or a sequence of them
             Audio files (any format libsndfile reads, resampled to the model's rate) or 1-D float waveforms in
-            [-1, 1] (numpy or torch, ``(num_samples,)``) at ``sample_rate``.
+            [-1, 1] (numpy or torch, ``(num_samples,)``) at ``sample_rate``. Any length: an input longer than
+            ``longform_max_s`` is decoded in segments (module docstring).
         sample_rate : int, optional
             Hz of the in-memory waveforms (required for them).
         batch_size : int
-            Inputs decoded together, in input order.
+            Most inputs (or segments) decoded together; they are grouped by length.
         nbest : int
-            > 1: ``Result.nbest`` holds that many hypotheses of the beam search (needs ``beam_size`` > 1).
+            > 1: ``Result.nbest`` holds up to that many hypotheses with distinct texts (needs ``beam_size`` >= ``nbest``).
         return_attention : bool
             Fill ``Result.attention``.
         timestamps : bool
-            Fill ``words``/``segments`` (one extra CTC pass over the encoder output for CTC models).
+            Fill ``words``/``segments`` (one extra CTC pass over the encoder output per batch for CTC models);
+            False leaves them empty (``Result.timestamps`` is ``"none"``).
+        **decoding_options
+            Search options for this call (:class:`DecodingOptions` fields, e.g. ``beam_size=5``) over this
+            object's ``options``. ``beam_size=1`` is a greedy search: attention-only when ``ctc_weight`` is 0,
+            CTC best path when it is 1, and in between a joint CTC/attention search keeping one hypothesis
+            (:func:`~asr.decoding.search.decode_batch`); pass ``ctc_weight=0`` for plain attention greedy.
 
         Returns
         -------
-        list of Result, one per input, in input order.
+        list of Result, one per input, in input order. An input that cannot be transcribed (missing, not audio,
+        NaN samples, shorter than the model accepts: ``too short: 0.030 s < minimum 0.095 s``) gets a Result
+        with ``error`` set and empty text; the others are transcribed all the same.
 
         Raises
         ------
-        asr.features.audio.AudioError
-            An input file that cannot be used (the message names it); nothing is decoded then.
         ValueError
-            An array input that is not 1-D, has non-finite samples or no ``sample_rate``; an input shorter than
-            one analysis window; ``nbest`` > 1 with ``beam_size`` 1.
+            An array input that is not 1-D or has no ``sample_rate``; ``batch_size`` not an integer >= 1;
+            ``nbest`` > 1 with ``beam_size`` < ``nbest``; an unknown or invalid decoding option, or ``ctc_weight``
+            > 0 for a model without a CTC branch.
         """
-        single = isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor))
-        items: Sequence[Any] = [inputs] if single else list(inputs)
-        if nbest > 1 and self.options.beam_size < nbest:
-            raise ValueError(f"nbest={nbest} needs beam_size >= {nbest} (the model decodes with beam_size={self.options.beam_size})")
-        feats, paths, durations = [], [], []
-        for x in items:
-            wav, path = self._waveform(x, sample_rate)
-            try:
-                feats.append(compute_fbank(wav, self.fbank))
-            except ValueError as exc:
-                raise ValueError(f"{path or 'waveform'}: {exc}") from exc
-            paths.append(path)
-            durations.append(wav.numel() / self.fbank.sample_rate)
-        results: list[Result] = []
-        for i in range(0, len(feats), max(1, int(batch_size))):
-            chunk = feats[i : i + batch_size]
-            xs = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(self.device)
-            xs_lens = torch.tensor([f.shape[0] for f in chunk], device=self.device)
-            if nbest > 1:
-                lists = beam_search(self.model, xs, xs_lens, self.options, nbest=nbest)
-                hyps = [hs[0] for hs in lists]
-            else:
-                lists, hyps = None, decode_batch(self.model, xs, xs_lens, self.options)
-            ctc_lp, enc_lens = None, self.model.encoder.output_lengths(xs_lens).tolist()
-            if timestamps and self.model.ctc is not None:
-                hs, hs_lens = self.model.encode(xs, xs_lens)
-                ctc_lp, enc_lens = ctc_log_probs(self.model, hs).cpu(), hs_lens.tolist()
-            for j, h in enumerate(hyps):
-                k = i + j
-                lp = ctc_lp[j] if ctc_lp is not None else None
-                r = self._result(h, lp, enc_lens[j], durations[k], return_attention, paths[k])
-                if lists is not None:
-                    r.nbest = [self._result(g, lp, enc_lens[j], durations[k], return_attention, paths[k]) for g in lists[j]]
-                results.append(r)
-        return results
+        return list(self.stream(inputs, sample_rate, batch_size, nbest, return_attention, timestamps, **decoding_options))

@@ -46,6 +46,25 @@ def batch(real_feats) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), torch.tensor([f.shape[0] for f in feats])
 
 
+@pytest.fixture(scope="session")
+def ctc_ckpt(mini_an4, tmp_path_factory) -> Path:
+    """A tiny untrained ×8 pBLSTM checkpoint with a CTC branch and the mini_an4 char tokenizer."""
+    from asr.text.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
+    return make_ckpt(tok, tmp_path_factory.mktemp("ck") / "ctc.ckpt", seed=0, overrides=("model.ctc_weight=0.3",))
+
+
+@pytest.fixture(scope="session")
+def ctc_model_dir(ctc_ckpt, tmp_path_factory) -> Path:
+    """``ctc_ckpt`` exported as a model directory (``asr-export``)."""
+    from asr.cli.export import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export(ctc_ckpt, out)
+    return out
+
+
 def tiny_ctc_model(seed: int = 0, subsample: tuple[int, ...] = (4, 2), vocab_size: int = 12):
     """A random pBLSTM + location-aware model with a CTC branch (ids: pad/blank 0, sos 2, eos 3), its output and
     CTC layers sharpened so that hypotheses end (eos) and differ between utterances."""

@@ -153,7 +153,7 @@ def test_decode_isolates_short_clip_fifo_symlink_loop_and_directory(tmp_path, ti
         info = _decode(tiny_ckpt, out, audio=[str(GOOD_WAV), str(short), str(fifo), str(loop), str(tmp_path)])
     assert info["n_utts"] == 1 and info["n_errors"] == 4
     errs = _errors(out)
-    assert "too short: 30 ms < minimum 95 ms" in errs[str(short)]
+    assert "too short: 0.030 s < minimum 0.095 s" in errs[str(short)]
     assert "not a regular file (FIFO)" in errs[str(fifo)]
     assert "symlink loop" in errs[str(loop)]
     assert "is a directory" in errs[str(tmp_path)]
@@ -185,15 +185,15 @@ def test_decode_data_dir_dump_with_empty_nan_and_short_entries(tmp_path, tiny_ck
 
 
 def test_model_error_on_one_utterance_is_an_errors_row(tmp_path, tiny_ckpt, monkeypatch):
-    import asr.cli.decode as dec
+    import asr.decoding.engine as dec
 
     real = dec.decode_batch
     bad_len = _n_fbank(WAVS[1])
 
-    def flaky(models, xs, lens, opts):
+    def flaky(models, xs, lens, opts, **kw):
         if bool((lens == bad_len).any()):
             raise RuntimeError("simulated model failure")
-        return real(models, xs, lens, opts)
+        return real(models, xs, lens, opts, **kw)
 
     monkeypatch.setattr(dec, "decode_batch", flaky)
     out = tmp_path / "dec"
@@ -209,7 +209,8 @@ def test_audio_without_brackets_is_one_file(tmp_path, tiny_ckpt):
 
 
 def test_resume_redecodes_a_changed_input_file(tmp_path, tiny_ckpt, monkeypatch):
-    import asr.cli.decode as dec
+    import asr.decoding.engine as dec
+    from asr.decoding.results import PARTIAL_RESULTS
 
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
     a.write_bytes(WAVS[0].read_bytes())
@@ -217,24 +218,24 @@ def test_resume_redecodes_a_changed_input_file(tmp_path, tiny_ckpt, monkeypatch)
     out = tmp_path / "dec"
     real, calls = dec._decode_isolated, []
 
-    def dies_on_second(*args):
+    def dies_on_second(*args, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(dec, "_decode_isolated", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         _decode(tiny_ckpt, out, audio=[str(a), str(b)], batch_size=1)
-    done = [json.loads(x)["utt_id"] for x in (out / dec.PARTIAL_RESULTS).read_text().splitlines()]
+    done = [json.loads(x)["utt_id"] for x in (out / PARTIAL_RESULTS).read_text().splitlines()]
     assert len(done) == 1
     first = tmp_path / f"{done[0]}.wav"
     first.write_bytes(WAVS[2].read_bytes())  # same path, other audio
     seen: list[str] = []
 
-    def spy(models, xs, lens, opts):
+    def spy(models, xs, lens, opts, *args, **kw):
         seen.append(int(lens[0]))
-        return real(models, xs, lens, opts)
+        return real(models, xs, lens, opts, *args, **kw)
 
     monkeypatch.setattr(dec, "_decode_isolated", spy)
     info = _decode(tiny_ckpt, out, audio=[str(a), str(b)], batch_size=1)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import asr.cli.decode as decode_mod
+import asr.decoding.decode_dir as decode_dir
+import asr.decoding.engine as engine_mod
 from asr.cli.decode import PARTIAL_DIR, PARTIAL_RESULTS, decode
 from conftest import make_ckpt
 
@@ -46,15 +47,15 @@ def reference(ckpt, mini_an4, tmp_path_factory) -> Path:
 
 def _interrupt_after(monkeypatch, n_batches: int) -> list[int]:
     """Make ``decode_batch`` raise KeyboardInterrupt on call ``n_batches + 1``; returns the batch sizes seen."""
-    real, sizes = decode_mod.decode_batch, []
+    real, sizes = engine_mod.decode_batch, []
 
-    def fake(model, feats, feat_lens, opts):
+    def fake(model, feats, feat_lens, opts, **kw):
         if len(sizes) == n_batches:
             raise KeyboardInterrupt
         sizes.append(int(feats.shape[0]))
-        return real(model, feats, feat_lens, opts)
+        return real(model, feats, feat_lens, opts, **kw)
 
-    monkeypatch.setattr(decode_mod, "decode_batch", fake)
+    monkeypatch.setattr(engine_mod, "decode_batch", fake)
     return sizes
 
 
@@ -118,8 +119,8 @@ def test_truncated_last_partial_line_is_ignored_and_redecoded(ckpt, mini_an4, re
     monkeypatch.undo()
     calls = _interrupt_after(monkeypatch, 99)
     seen: list[str] = []
-    real_save = decode_mod.save_batch
-    monkeypatch.setattr(decode_mod, "save_batch", lambda o, s, rows, atts, f: (seen.extend(r["utt_id"] for r in rows), real_save(o, s, rows, atts, f)))
+    real_save = decode_dir.save_batch
+    monkeypatch.setattr(decode_dir, "save_batch", lambda o, s, rows, atts, f: (seen.extend(r["utt_id"] for r in rows), real_save(o, s, rows, atts, f)))
     info = decode(_cfg(ckpt, mini_an4, out))
     assert info["resumed_utts"] == 3 and info["n_utts"] == N_UTTS
     assert sum(calls) == 3 and lost in seen  # the utterance of the truncated line was decoded again

@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from asr.cli.decode import _resume_settings, decode
+from asr.cli.decode import decode
+from asr.decoding.decode_dir import resume_settings as _resume_settings
 from asr.decoding.search import DecodingOptions, beam_search, ctc_greedy_search, decode_batch, greedy_search
 from conftest import make_ckpt, tiny_ctc_model
 
@@ -159,7 +160,7 @@ def _decode_cfg(ckpt, mini_an4, out, *overrides: str):
 
 
 def test_asr_decode_ensemble_writes_meta_and_resume_settings(ckpts, mini_an4, tmp_path):
-    from asr.cli.decode import _file_sha256
+    from asr.utils.io import file_sha256 as _file_sha256
     from asr.models.checkpoint import load_checkpoint
 
     x4, x8 = ckpts

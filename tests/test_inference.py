@@ -32,18 +32,15 @@ def tok(mini_an4):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tok, tmp_path_factory) -> Path:
-    """A tiny ×8 pBLSTM with a CTC branch."""
-    return make_ckpt(tok, tmp_path_factory.mktemp("ck") / "ctc.ckpt", seed=0, overrides=("model.ctc_weight=0.3",))
+def ckpt(ctc_ckpt) -> Path:
+    """A tiny ×8 pBLSTM with a CTC branch (conftest)."""
+    return ctc_ckpt
 
 
 @pytest.fixture(scope="module")
-def exported(ckpt, tmp_path_factory) -> Path:
-    from asr.cli.export import export
-
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    export(ckpt, out)
-    return out
+def exported(ctc_model_dir) -> Path:
+    """``ckpt`` exported (conftest)."""
+    return ctc_model_dir
 
 
 # ---- one owner per format --------------------------------------------------------------------------------------

@@ -6,9 +6,13 @@
     find audio -name '*.wav' | asr-transcribe --list -
     asr-transcribe --model my_model_dir --beam-size 4 --ctc-weight 0.5 a.wav
 
-A file that cannot be transcribed (missing, not audio, too short, ...) gets ``path<TAB>error`` on standard error
-and the others are still transcribed; the exit status is 1 only when every input failed (2: usage errors,
-no input). ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with huggingface_hub).
+Decoding is :meth:`asr.inference.Speech2Text.stream` (the engine of ``asr-decode``, :mod:`asr.decoding.engine`):
+recordings of any length (long ones are decoded in segments cut at pauses), results printed in input order as they
+are decoded. A file that cannot be transcribed (missing, not audio, too short, ...) gets ``path<TAB>error`` on
+standard error and the others are still transcribed; the exit status is 1 only when every input failed (2: usage
+errors such as ``--batch-size 0``, ``--nbest`` above the beam size or ``--device cuda`` without a GPU, each a
+one-line message; no input). ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
+huggingface_hub).
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Sequence
-
-from asr.features.audio import AudioError, load_audio
 
 __all__ = ["DEFAULT_MODEL", "main"]
 
@@ -69,26 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"asr-transcribe: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    ok, n_failed = [], 0
-    for p in paths:  # read every file first: a bad one is reported and skipped
-        try:
-            wav = load_audio(p, s2t.fbank.sample_rate)
-            if wav.numel() < int(s2t.fbank.sample_rate * s2t.fbank.frame_length_ms / 1000):
-                raise AudioError(p, f"too short ({wav.numel()} samples, less than one {s2t.fbank.frame_length_ms:g} ms window)")
-            ok.append((p, wav))
-        except AudioError as exc:
-            n_failed += 1
-            print(f"{p}\t{exc.reason}", file=sys.stderr)
-    bs = max(1, args.batch_size)
-    for i in range(0, len(ok), bs):
-        chunk = ok[i : i + bs]
-        results = s2t.transcribe([w for _, w in chunk], sample_rate=s2t.fbank.sample_rate, batch_size=bs, nbest=args.nbest)
-        for (p, _), r in zip(chunk, results):
-            r.path = p
-            if r.nbest is not None:
-                for n in r.nbest:
-                    n.path = p
-            print(json.dumps(r.to_dict(), ensure_ascii=False) if args.json else f"{p}\t{r.text}", flush=True)
+    try:  # the decoding engine (asr.decoding.engine): a bad file is an error result, not the end
+        results = s2t.stream(paths, batch_size=args.batch_size, nbest=args.nbest, timestamps=args.json)
+    except ValueError as exc:
+        print(f"asr-transcribe: {exc}", file=sys.stderr)
+        return 2
+    n_failed = 0
+    for p, r in zip(paths, results):
+        if r.error is not None:  # the whole input, or some segments of a long recording
+            print(f"{p}\t{r.error}", file=sys.stderr, flush=True)
+            if not r.tokens:
+                n_failed += 1
+                continue
+        print(json.dumps(r.to_dict(), ensure_ascii=False) if args.json else f"{p}\t{r.text}", flush=True)
     return 1 if n_failed == len(paths) else 0
 
 

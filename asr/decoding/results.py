@@ -320,13 +320,15 @@ def write_partial_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> 
         atomic_write_text(json.dumps(dict(settings), indent=2) + "\n", out_dir / PARTIAL_DIR / "settings.json")
 
 
-def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int, str]]) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
+def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str, tuple[str, int, str]] | None) -> tuple[dict[str, dict], dict[str, np.ndarray], int]:
     """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
 
     ``wanted`` maps each utterance id to decode to its ``(ref, n_frames, input signature)``; a stored row is
     kept only when its id is wanted with the same ref, frame count and input file signature (size and
     modification time, :func:`input_signature`, stored under :data:`INPUT_KEY`: a changed file at the same
-    path is decoded again), its JSON line is complete and its attention is in its shard. Partial files written with other ``settings`` (or without settings) are removed with a
+    path is decoded again), its JSON line is complete and its attention is in its shard. ``wanted`` None keeps
+    every complete row with its attention: the caller then compares each row's ``ref``, ``n_frames`` and
+    :data:`INPUT_KEY` with its utterance before reusing it (``asr-decode`` does so as the engine reaches it). Partial files written with other ``settings`` (or without settings) are removed with a
     warning. Returns ``(rows, attention, next_shard_number)``; nothing found gives ``({}, {}, 0)``.
     """
     out_dir = Path(out_dir)
@@ -365,7 +367,7 @@ def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str
         try:
             with np.load(part_dir / f"attention_{shard}.npz") as z:
                 for uid, row in shard_rows.items():
-                    if uid in z.files and wanted.get(uid) == (row.get("ref"), row.get("n_frames"), row.get(INPUT_KEY)):
+                    if uid in z.files and (wanted is None or wanted.get(uid) == (row.get("ref"), row.get("n_frames"), row.get(INPUT_KEY))):
                         rows[uid], atts[uid] = row, z[uid]
         except (OSError, ValueError) as exc:
             log.warning("ignoring attention shard %d of %s: %s", shard, part_dir, exc)

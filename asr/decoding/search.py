@@ -57,7 +57,10 @@ class DecodingOptions:
     Attributes
     ----------
     beam_size : int
-        K; 1 gives the greedy result.
+        K. 1 is a greedy search (:func:`decode_batch`): attention arg-max when ``ctc_weight`` is 0, CTC best path
+        when it is 1, and for 0 < λ < 1 the joint CTC/attention search keeping one hypothesis (the arg-max of the
+        joint score at every step). A model recorded with a CTC weight (``config.yaml`` ``decoding``) keeps it at
+        beam 1; give ``ctc_weight=0`` for attention-only greedy.
     max_len_ratio : float
         Hypotheses stop after ``max(min_len, ceil(max_len_ratio * S))`` tokens, S = encoder frames.
     min_len : int
@@ -198,6 +201,8 @@ def ctc_log_probs(model: AttentionASRModel, hs: Tensor) -> Tensor:
 
 
 Models = AttentionASRModel | Sequence[AttentionASRModel]
+#: An encoder output ``(hs (B, S, D), hs_lens (B,))``.
+Encoded = tuple[Tensor, Tensor]
 
 
 def ensemble_members(model: Models, need_ctc: bool = False) -> list[AttentionASRModel]:
@@ -261,12 +266,13 @@ class _Member:
     @classmethod
     def start(
         cls, model: AttentionASRModel, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False,
-        opts: DecodingOptions | None = None,
+        opts: DecodingOptions | None = None, encoded: Encoded | None = None,
     ) -> tuple["_Member", Tensor, Tensor]:
         """Encode ``xs_pad (B, T, F)`` and set up ``B x beam`` hypothesis rows, utterance-major (``beam`` None:
         one row per utterance, memory as it is); also returns ``hs (B, S, D)`` and ``hs_lens (B,)``. ``opts``
-        gives the attention constraint (windowed / hard decoding)."""
-        hs, hs_lens = model.encode(xs_pad, xs_lens)
+        gives the attention constraint (windowed / hard decoding); ``encoded``, this model's ``(hs, hs_lens)`` when
+        already computed (the encoder is then not run)."""
+        hs, hs_lens = encoded if encoded is not None else model.encode(xs_pad, xs_lens)
         memory = model.decoder.memory(hs, hs_lens)
         if beam is not None:
             memory = memory.select(torch.arange(hs.shape[0], device=hs.device).repeat_interleave(beam))
@@ -307,12 +313,13 @@ class _Member:
 
 
 def _start(
-    model: Models, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False, opts: DecodingOptions | None = None
+    model: Models, xs_pad: Tensor, xs_lens: Tensor, beam: int | None = None, use_ctc: bool = False, opts: DecodingOptions | None = None, encoded: Encoded | None = None
 ) -> tuple[list[_Member], Tensor, Tensor]:
     """Check the members (:func:`ensemble_members`) and start each (:meth:`_Member.start`); returns the members
     and the FIRST member's ``hs (B, S, D)`` and ``hs_lens (B,)``, which set the length limits and the frames
-    of the recorded attention."""
-    started = [_Member.start(m, xs_pad, xs_lens, beam, use_ctc, opts) for m in ensemble_members(model, need_ctc=use_ctc)]
+    of the recorded attention. ``encoded``: the first member's ``(hs, hs_lens)`` when already computed."""
+    members = ensemble_members(model, need_ctc=use_ctc)
+    started = [_Member.start(m, xs_pad, xs_lens, beam, use_ctc, opts, encoded if i == 0 else None) for i, m in enumerate(members)]
     return [m for m, _, _ in started], started[0][1], started[0][2]
 
 
@@ -327,7 +334,7 @@ def _ensemble_step(members: list[_Member], y: Tensor, ctc_weight: float) -> tupl
 
 
 @torch.no_grad()
-def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), encoded: Encoded | None = None) -> list[Hypothesis]:
     """CTC best-path decoding of a batch (no attention decoder).
 
     ``Hypothesis.attention`` is the CTC alignment as a ``(U + 1, S)`` 0/1 matrix: row ``u`` marks the encoder
@@ -346,7 +353,7 @@ def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Deco
     if len(models) > 1:
         raise ValueError("CTC best-path decoding takes one model; decode an ensemble CTC-only with beam_search(ctc_weight=1)")
     model = models[0]
-    hs, hs_lens = model.encode(xs_pad, xs_lens)
+    hs, hs_lens = encoded if encoded is not None else model.encode(xs_pad, xs_lens)
     logp = ctc_log_probs(model, hs)
     out = []
     for (tokens, score, frames), n in zip(ctc_greedy(logp, hs_lens, model.pad_id), hs_lens.tolist()):
@@ -358,13 +365,16 @@ def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Deco
 
 
 @torch.no_grad()
-def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
+def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), encoded: Encoded | None = None) -> list[Hypothesis]:
     """Arg-max decoding of a batch (of the mean of the members' log-probabilities for an ensemble).
 
     Parameters
     ----------
     model : AttentionASRModel or a sequence of them (an ensemble, module docstring).
     xs_pad : ``(B, T, F)`` fbank; xs_lens : ``(B,)`` frames.
+    encoded : ``(hs (B, S, D), hs_lens (B,))``, optional
+        The (first) model's encoder output for ``xs_pad`` when the caller has it already (e.g. for CTC
+        timestamps): the search then does not run that encoder again.
 
     Returns
     -------
@@ -375,7 +385,7 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
     ValueError
         Ensemble members that do not share the tokenizer's vocabulary and special ids.
     """
-    members, hs, hs_lens = _start(model, xs_pad, xs_lens, opts=opts)
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens, opts=opts, encoded=encoded)
     first = members[0].model
     b = hs.shape[0]
     max_lens = _max_lens(hs_lens, opts)
@@ -486,7 +496,8 @@ def forced_attention(member: "_Member", rows: Tensor, hyps: list[list[int]], hs_
 
 @torch.no_grad()
 def beam_search(
-    model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None, nbest: int = 0
+    model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None, nbest: int = 0,
+    encoded: Encoded | None = None,
 ) -> list[Hypothesis] | list[list[Hypothesis]]:
     """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
 
@@ -526,7 +537,7 @@ def beam_search(
     lam = float(opts.ctc_weight)
     if use_ctc is None:
         use_ctc = lam > 0
-    members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc, opts)
+    members, hs, hs_lens = _start(model, xs_pad, xs_lens, k, use_ctc, opts, encoded)
     memory0 = members[0].memory  # every utterance's rows, for forced_attention after rows are dropped
     first = members[0].model  # its special ids are every member's
     b = hs.shape[0]
@@ -616,15 +627,16 @@ def beam_search(
     return out if nbest else [r[0] for r in out]
 
 
-def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions) -> list[Hypothesis]:
+def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions, encoded: Encoded | None = None) -> list[Hypothesis]:
     """CTC greedy when ``opts.ctc_weight == 1`` and ``beam_size == 1`` (an ensemble: CTC-only beam search with
     one hypothesis, the mean of the members' prefix scores); attention greedy when ``beam_size == 1`` and
-    ``ctc_weight == 0``; else (joint) beam search. ``model``: one model or an ensemble (module docstring)."""
+    ``ctc_weight == 0``; else (joint) beam search. ``model``: one model or an ensemble (module docstring); ``encoded``: the first model's
+    encoder output when already computed (:func:`greedy_search`)."""
     if opts.ctc_weight >= 1.0 and opts.beam_size <= 1 and len(ensemble_members(model)) == 1:
-        return ctc_greedy_search(model, xs_pad, xs_lens, opts)
+        return ctc_greedy_search(model, xs_pad, xs_lens, opts, encoded)
     if opts.beam_size <= 1 and opts.ctc_weight == 0:
-        return greedy_search(model, xs_pad, xs_lens, opts)
-    return beam_search(model, xs_pad, xs_lens, opts)
+        return greedy_search(model, xs_pad, xs_lens, opts, encoded)
+    return beam_search(model, xs_pad, xs_lens, opts, encoded=encoded)
 
 
 def resolve_options(model: Models | None, given: dict[str, Any] | None = None) -> DecodingOptions:

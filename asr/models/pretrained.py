@@ -31,11 +31,11 @@ from safetensors.torch import load_file, save
 
 from asr.features.fbank import FbankOptions
 from asr.models.asr_model import AttentionASRModel, build_model
-from asr.models.checkpoint import check_model_size, check_stored_config, fbank_options
+from asr.models.checkpoint import check_model_size, check_stored_config, fbank_options, load_checkpoint
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import atomic_open, atomic_write_text
 
-__all__ = ["FORMAT_VERSION", "CONFIG", "WEIGHTS", "CMVN", "TOKENIZER", "tokenizer_kind", "save_model_dir", "load_model_dir", "is_model_dir"]
+__all__ = ["FORMAT_VERSION", "CONFIG", "WEIGHTS", "CMVN", "TOKENIZER", "tokenizer_kind", "save_model_dir", "load_model_dir", "is_model_dir", "load_model"]
 
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, CMVN, TOKENIZER = "config.yaml", "model.safetensors", "cmvn.safetensors", "tokenizer.model"
@@ -160,3 +160,37 @@ def load_model_dir(path: str | Path, map_location: str | torch.device = "cpu") -
     model.eval().to(map_location)
     config["fbank"] = fbank
     return model, tok, config
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AttentionASRModel, Tokenizer, FbankOptions, dict[str, Any]]:
+    """The one loader of a local model: a model directory (:func:`load_model_dir`) or a ``.ckpt`` training
+    checkpoint (:func:`~asr.models.checkpoint.load_checkpoint`).
+
+    Returns
+    -------
+    model : AttentionASRModel in eval mode
+    tokenizer : Tokenizer
+    fbank : FbankOptions (the front end it was trained with)
+    info : dict
+        ``model_cfg`` (the model config), ``decoding`` (the search options recorded with a model directory;
+        ``{}`` for a checkpoint), ``feat_dim`` and ``frame_shift_s``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path`` (the message gives the absolute path looked at), or a directory that is not a model
+        directory (the missing file named).
+    ValueError
+        As the two loaders.
+    """
+    p = Path(path)
+    if p.is_dir():
+        model, tok, config = load_model_dir(p, map_location)
+        fbank = config["fbank"]
+        info = {"model_cfg": config["model"], "decoding": dict(config.get("decoding") or {}), "feat_dim": fbank.num_mel_bins, "frame_shift_s": fbank.frame_shift_s}
+        return model, tok, fbank, info
+    if not p.exists():
+        raise FileNotFoundError(f"no model directory or checkpoint at {p} (looked at {p.absolute()})")
+    model, tok, meta = load_checkpoint(p, str(map_location))
+    info = {"model_cfg": meta["model_cfg"], "decoding": {}, "feat_dim": meta.get("feat_dim", 80), "frame_shift_s": meta.get("frame_shift_s", 0.01)}
+    return model.to(map_location), tok, fbank_options(meta), info
