@@ -304,6 +304,9 @@ def test_noam_schedule_values(mini_an4):
         _lightning_module(mini_an4, {"lr": 1e-3, "warmup_steps": 0, "schedule": "noam"}).configure_optimizers()
     with pytest.raises(ValueError, match="unknown optim.schedule"):
         _lightning_module(mini_an4, {"schedule": "linear"}).configure_optimizers()
+    # warm-up in epochs on a one-step run (a smoke run): one step of warm-up, not a refusal
+    one = _lightning_module(mini_an4, {"lr": 1e-3, "warmup_epochs": 5, "schedule": "noam"}, total_steps=1)
+    assert _lrs(one, {1})[1] == pytest.approx(1e-3)
 
 
 def test_cosine_schedule_is_default(mini_an4):

@@ -271,7 +271,8 @@ class ASRLightningModule(L.LightningModule):
             p = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
-        noam_warmup = warmup if cfg.get("warmup_epochs") else int(cfg.get("warmup_steps", 0))  # noam: not capped
+        # noam: not capped; warm-up given in epochs is at least one step (a one-step run would otherwise get 0)
+        noam_warmup = max(1, warmup) if cfg.get("warmup_epochs") else int(cfg.get("warmup_steps", 0))
         if schedule == "noam" and noam_warmup < 1:
             raise ValueError(f"optim.schedule=noam needs warmup_steps >= 1, got {noam_warmup}")
 
