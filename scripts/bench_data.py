@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="scratch folder for the corpora (never commit it)")
     ap.add_argument("--hours", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 10.0, 50.0], help="corpus sizes, comma-separated")
-    ap.add_argument("--an4", default="/work/shared/data/an4", help="AN4 root (etc/, wav/)")
+    ap.add_argument("--an4", default=os.environ.get("AN4_ROOT") or str(Path(__file__).resolve().parents[2] / "shared/data/an4"),
+                    help="AN4 root (etc/, wav/); default $AN4_ROOT, else ../shared/data/an4 beside the repository")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min_s", type=float, default=10.0, help="shortest generated utterance (s)")
     ap.add_argument("--max_s", type=float, default=20.0, help="longest generated utterance (s)")

@@ -105,7 +105,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
     """
     import lhotse.recipes
 
-    from asr.data.lhotse_data import _ids_from_supervisions, validate_cuts, write_split
+    from asr.data.lhotse_data import ids_from_supervisions, validate_cuts, write_split
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     a = _args(argv, {"source": "kaldi", "in_dir": "data", "out_dir": "data", "splits": ["train_nodev", "train_dev", "test"], "recipe": "", "corpus_dir": "",
@@ -128,7 +128,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
         if any(len(c.supervisions) > 1 for c in cuts):
             cuts = cuts.trim_to_supervisions(keep_overlapping=False)
         cuts, bad = validate_cuts(cuts, f"{split} manifest", a["max_bad_fraction"])
-        cuts = _ids_from_supervisions(cuts)  # CutSet.from_manifests names cuts "<recording>-<index>": utterance ids = supervision ids
+        cuts = ids_from_supervisions(cuts)  # CutSet.from_manifests names cuts "<recording>-<index>": utterance ids = supervision ids
         write_split(cuts, out / split, [*skipped, *bad])
         log.info("%s: %d utterances kept, %d skipped -> %s", split, len(cuts), len(skipped) + len(bad), out / split)
     return 0

@@ -52,6 +52,7 @@ class KaldiFbankConfig:
     dither: float = 0.0
 
     def options(self) -> FbankOptions:
+        """The same settings as :class:`asr.features.fbank.FbankOptions`."""
         return FbankOptions(self.num_mel_bins, self.frame_length_ms, self.frame_shift_ms, self.sample_rate, self.dither)
 
 
@@ -218,11 +219,14 @@ def cuts_from_data_dir(data_dir: str | Path, max_bad_fraction: float = DEFAULT_M
         write_skipped(report, skipped)
     cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recordings.values()), supervisions=SupervisionSet.from_segments(sups))
     cuts = cuts.trim_to_supervisions(keep_overlapping=False) if (d / "segments").is_file() else cuts
-    return _ids_from_supervisions(cuts), skipped
+    return ids_from_supervisions(cuts), skipped
 
 
-def _ids_from_supervisions(cuts):
-    """Cut ids = utterance (supervision) ids, in byte order, as the data dirs and decode folders use them."""
+def ids_from_supervisions(cuts):
+    """The cuts renamed to their first supervision's id (the utterance id), sorted in byte order as data dirs and
+    decode folders are. ``CutSet.from_manifests`` names cuts ``<recording>-<index>``; this undoes that.
+
+    Returns an eager ``lhotse.CutSet``; each cut must have at least one supervision (``IndexError`` otherwise)."""
     from lhotse import CutSet
 
     out = [c.with_id(c.supervisions[0].id) for c in cuts]
@@ -374,6 +378,7 @@ class CMVNAccumulator:
         self.n = 0
 
     def add(self, x: Tensor) -> None:
+        """Accumulate one ``(T, F)`` fbank matrix (frames x bins)."""
         x = x.double()
         if self.s is None:
             self.s, self.ss = torch.zeros(x.shape[-1], dtype=torch.float64), torch.zeros(x.shape[-1], dtype=torch.float64)
@@ -382,6 +387,7 @@ class CMVNAccumulator:
         self.n += x.shape[0]
 
     def merge(self, other: "CMVNAccumulator") -> None:
+        """Add the sums of ``other`` (e.g. another ``store_features`` job's) to these."""
         if other.s is None:
             return
         if self.s is None:
@@ -392,6 +398,8 @@ class CMVNAccumulator:
         self.n += other.n
 
     def stats(self) -> dict[str, Tensor]:
+        """``{"mean": (F,), "std": (F,), "count": ()}`` as :func:`asr.features.fbank.compute_cmvn_stats` returns.
+        Raises ``ValueError`` when nothing was added."""
         if not self.n:
             raise ValueError("CMVN statistics need at least one frame")
         mean = self.s / self.n
