@@ -36,16 +36,19 @@ class CTCPrefixState:
     Attributes
     ----------
     r : Tensor
-        ``(T, 2, N)`` ``r_t^n`` (index 0) and ``r_t^b`` (index 1) of each hypothesis' prefix, log domain.
+        ``(T, 2, N)`` ``r_t^b`` (index 0) and ``r_t^n`` (index 1) of each hypothesis' prefix, log domain.
     psi : Tensor
         ``(N,)`` prefix log-probability ``psi(g)`` of each hypothesis (0 for the empty prefix).
     last : Tensor
         ``(N,)`` int64 last token of each prefix (-1 for the empty prefix).
+    length : Tensor
+        ``(N,)`` int64 tokens in each prefix (its paths need at least that many frames).
     """
 
     r: Tensor
     psi: Tensor
     last: Tensor
+    length: Tensor
 
 
 class CTCPrefixScorer:
@@ -63,6 +66,10 @@ class CTCPrefixScorer:
         End-of-sentence id: scored as "the prefix is the whole labelling".
     beam : int
         ``K``: hypotheses per utterance, laid out utterance-major (row ``b * K + k``).
+
+    The loop over frames is the cost at the sizes of a CPU search (``N x V`` of a few thousand values per frame:
+    the time goes to op calls, not arithmetic), so each frame is two ops on a buffer laid out for them
+    (:meth:`score`), and frames before the shortest prefix could end are skipped (their ``r`` is ``-inf``).
     """
 
     def __init__(self, logp: Tensor, lens: Tensor, blank: int, eos: int, beam: int = 1) -> None:
@@ -73,15 +80,21 @@ class CTCPrefixScorer:
         x.masked_fill_(pad[:, :, None], NEG_INF)
         x[..., blank] = x[..., blank].masked_fill(pad, 0.0)
         # (T, N, V) with each utterance repeated for its K hypotheses.
-        self.x = x.transpose(0, 1).repeat_interleave(beam, dim=1)
+        self._set_x(x.transpose(0, 1).repeat_interleave(beam, dim=1))
         self.lens = lens.repeat_interleave(beam)
+
+    def _set_x(self, x: Tensor) -> None:
+        """Frame posteriors ``x (T, N, V)`` and, for the recursion, ``xx (T, 2, N, V)``: ``(x_t(blank), x_t(c))``."""
+        self.x = x
+        self.xx = torch.stack([x[:, :, self.blank, None].expand_as(x), x], 1)
 
     def init_state(self) -> CTCPrefixState:
         """State of the empty prefix for all ``N = B x K`` rows: ``r^n = -inf``, ``r^b_t = sum_{s<=t} x_s(blank)``."""
         t, n, _ = self.x.shape
         r = self.x.new_full((t, 2, n), NEG_INF)
-        r[:, 1] = torch.cumsum(self.x[:, :, self.blank], dim=0)
-        return CTCPrefixState(r, self.x.new_zeros(n), torch.full((n,), -1, dtype=torch.long, device=self.x.device))
+        r[:, 0] = torch.cumsum(self.x[:, :, self.blank], dim=0)
+        zeros = torch.zeros(n, dtype=torch.long, device=self.x.device)
+        return CTCPrefixState(r, self.x.new_zeros(n), zeros - 1, zeros)
 
     def score(self, state: CTCPrefixState) -> tuple[Tensor, Tensor]:
         """Prefix scores of every one-token extension of every hypothesis.
@@ -91,28 +104,29 @@ class CTCPrefixScorer:
         psi : Tensor
             ``(N, V)`` ``psi(g + c)``; the eos column holds ``log p(g)`` (the labelling ends), the blank column -inf.
         r : Tensor
-            ``(T, 2, N, V)`` the ``r`` of every extension, for :meth:`select`.
+            ``(T, 2, N, V)`` the ``r`` (``r^b``, ``r^n``) of every extension, for :meth:`select`.
         """
         x = self.x  # (T, N, V)
         t_max, n, v = x.shape
-        r_prev = state.r  # (T, 2, N)
+        self._length = state.length  # for select()
+        r_prev = state.r  # (T, 2, N): r^b, r^n
         total = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
-        # phi_{t-1}(g, c) for t = 0..T-1; row 0 is the virtual frame -1.
-        phi = total[:, :, None].expand(t_max, n, v).clone()
         repeat = state.last[:, None] == torch.arange(v, device=x.device)[None, :]  # (N, V)
-        phi = torch.where(repeat[None], r_prev[:, 1, :, None].expand(t_max, n, v), phi)
-        start = torch.where(state.last < 0, 0.0, NEG_INF).to(x)  # virtual frame: only the empty prefix
-        phi_prev = torch.cat([start[None, :, None].expand(1, n, v), phi[:-1]], 0)  # (T, N, V): phi_{t-1}
-        r = x.new_full((t_max, 2, n, v), NEG_INF)
-        r[0, 0] = phi_prev[0] + x[0]
-        blank_lp = x[:, :, self.blank, None]  # (T, N, 1)
-        for t in range(1, t_max):
-            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi_prev[t]) + x[t]
-            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank_lp[t]
+        # buf[t] = (r_t^b(h), r_t^n(h), phi_t): phi_t(g, c) = total_t(g), or r_t^b(g) when c repeats g's last token.
+        buf = x.new_full((t_max, 3, n, v), NEG_INF)
+        torch.where(repeat[None], r_prev[:, 0, :, None], total[:, :, None], out=buf[:, 2])
+        start = torch.where(state.last < 0, 0.0, NEG_INF).to(x)  # phi_{-1}: the virtual frame, only the empty prefix
+        buf[0, 1] = start[:, None] + x[0]
+        # r_t^b = logaddexp(r_{t-1}^n, r_{t-1}^b) + x_t(blank), r_t^n = logaddexp(r_{t-1}^n, phi_{t-1}) + x_t(c):
+        # one logaddexp of r_{t-1}^n with the strided pair (r_{t-1}^b, phi_{t-1}), one add of (x_t(blank), x_t(c)).
+        # An extension of a prefix of L tokens has L + 1 labels, so r_t = -inf for t < L: start at the shortest.
+        for t in range(max(1, int(state.length.min())), t_max):
+            torch.add(torch.logaddexp(buf[t - 1, 1:2], buf[t - 1, 0::2]), self.xx[t], out=buf[t, 0:2])
+        phi_prev = torch.cat([start[None, :, None].expand(1, n, v), buf[:-1, 2]], 0)  # (T, N, V): phi_{t-1}
         psi = torch.logsumexp(phi_prev + x, dim=0)  # (N, V)
         psi[:, self.eos] = total[-1]
         psi[:, self.blank] = NEG_INF
-        return psi, r
+        return psi, buf[:, 0:2]
 
     def keep(self, state: CTCPrefixState, rows: Tensor) -> CTCPrefixState:
         """Drop every hypothesis row but ``rows`` (``(N',)`` int64, whole utterances of ``K`` rows each) from the
@@ -120,17 +134,17 @@ class CTCPrefixScorer:
         ``x`` is blank-only padding, so every kept row's scores are unchanged). Beam search calls this when
         utterances of the batch are done, so finished ones cost nothing more."""
         t_keep = int(self.lens.index_select(0, rows).max())
-        self.x = self.x[:t_keep].index_select(1, rows)
+        self._set_x(self.x[:t_keep].index_select(1, rows))
         self.lens = self.lens.index_select(0, rows)
-        return CTCPrefixState(state.r[:t_keep].index_select(2, rows), state.psi.index_select(0, rows), state.last.index_select(0, rows))
+        return CTCPrefixState(state.r[:t_keep].index_select(2, rows), state.psi.index_select(0, rows), state.last.index_select(0, rows), state.length.index_select(0, rows))
 
     def select(self, psi: Tensor, r: Tensor, src: Tensor, tokens: Tensor) -> CTCPrefixState:
         """State of the chosen extensions: row ``i`` of the new state is hypothesis ``src[i]`` extended by
-        ``tokens[i]`` (``(N',)`` int64 each)."""
-        t_max = r.shape[0]
+        ``tokens[i]`` (``(N',)`` int64 each); ``psi`` and ``r`` are what :meth:`score` returned for the last state it
+        scored."""
         idx = (src * self.vocab_size + tokens)  # flat (N * V) index
-        r_sel = r.reshape(t_max, 2, -1).index_select(2, idx)
-        return CTCPrefixState(r_sel, psi.reshape(-1).index_select(0, idx), tokens.clone())
+        r_sel = r.flatten(2).index_select(2, idx)
+        return CTCPrefixState(r_sel, psi.reshape(-1).index_select(0, idx), tokens.clone(), self._length.index_select(0, src) + 1)
 
 
 def ctc_greedy(logp: Tensor, lens: Tensor, blank: int) -> list[tuple[list[int], float, list[int]]]:

@@ -44,8 +44,9 @@ from asr.decoding.results import (
     write_partial_settings,
 )
 from asr.decoding.search import DecodingOptions, resolve_options
+from asr.utils.threads import configure_threads
 
-__all__ = ["decode", "resume_settings", "audio_list", "given_options"]
+__all__ = ["decode", "decode_inputs", "load_engine", "check_settings", "parallel_requested", "resume_settings", "audio_list", "given_options", "inputs_of"]
 
 log = logging.getLogger("asr.decode")
 
@@ -110,7 +111,7 @@ def resume_settings(cfg: Mapping[str, Any], opts: DecodingOptions) -> dict[str, 
     return settings
 
 
-def _inputs(cfg: Mapping[str, Any], engine: Engine) -> tuple[list[EngineInput], list[tuple[str, str]]]:
+def inputs_of(cfg: Mapping[str, Any], engine: Engine) -> tuple[list[EngineInput], list[tuple[str, str]]]:
     """The engine inputs of ``cfg``'s data dir (dumped features where the dump has them) or audio files, and the
     errors known before decoding (data dir entries skipped by :func:`~asr.data.datadir.check_data_dir`)."""
     if cfg.get("data_dir"):
@@ -144,30 +145,74 @@ def decode(cfg: Mapping[str, Any]) -> dict[str, Any]:
     RuntimeError
         Another ``asr-decode`` holds ``out_dir``'s lock.
     """
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    if parallel_requested(cfg):
+        from asr.decoding.parallel import decode_parallel  # Lightning's launchers: imported only when asked for
+
+        return decode_parallel(cfg)
+    check_settings(cfg)
+    configure_threads(int(cfg.get("threads", 0) or 0))
+    engine = load_engine(cfg)
+    out_dir = Path(cfg["out_dir"])
+    with OutDirLock(out_dir):
+        remove_stale_outputs(out_dir)
+        inputs, errors = inputs_of(cfg, engine)
+        return decode_inputs(cfg, engine, out_dir, inputs, errors)
+
+
+def parallel_requested(cfg: Mapping[str, Any]) -> bool:
+    """Whether ``cfg`` asks for several processes (``num_procs`` > 1 or ``num_nodes`` > 1), or this process was
+    started as one of several by torchrun (``WORLD_SIZE`` > 1) or SLURM (``SLURM_NTASKS`` > 1 inside a batch job)."""
+    if int(cfg.get("num_procs", 1) or 1) > 1 or int(cfg.get("num_nodes", 1) or 1) > 1:
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def check_settings(cfg: Mapping[str, Any]) -> SegmentOptions:
+    """Refuse a bad search option, ``batch_size``, ``max_frames``, ``device`` or a missing input (ValueError), before
+    any model is read; returns the long-form segmentation options."""
     given = given_options(cfg)
     resolve_options(None, given)  # bad option values fail here, before any model is read
     check_batching(cfg.get("batch_size", 16), cfg.get("max_frames", 0) or 0)
     check_device(cfg.get("device", "cpu"))
     longform_max_s = float(cfg.get("longform_max_s", 0) or 0)
-    seg = SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 3.0)), longform_max_s))
     if not cfg.get("data_dir") and not audio_list(cfg):
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
-    engine = Engine.load(
-        cfg["ckpt"], _ensemble_paths(cfg), given, device=cfg.get("device", "cpu"), batch_size=cfg.get("batch_size", 16),
+    return SegmentOptions(max_s=longform_max_s, min_s=min(float(cfg.get("longform_min_s", 3.0)), longform_max_s))
+
+
+def load_engine(cfg: Mapping[str, Any], device: str | None = None) -> Engine:
+    """The :class:`~asr.decoding.engine.Engine` of ``cfg`` (``ckpt``, ``ensemble``, search options, batching,
+    long-form segmentation) on ``device`` (default ``cfg.device``). Raises as :func:`check_settings` and
+    :meth:`~asr.decoding.engine.Engine.load`."""
+    seg = check_settings(cfg)
+    return Engine.load(
+        cfg["ckpt"], _ensemble_paths(cfg), given_options(cfg), device=device or cfg.get("device", "cpu"), batch_size=cfg.get("batch_size", 16),
         max_frames=cfg.get("max_frames", 0) or 0, segments=seg,
     )
-    out_dir = Path(cfg["out_dir"])
-    with OutDirLock(out_dir):
-        remove_stale_outputs(out_dir)
-        return _decode_locked(cfg, engine, out_dir)
 
 
-def _decode_locked(cfg: Mapping[str, Any], engine: Engine, out_dir: Path) -> dict[str, Any]:
-    """The body of :func:`decode` once ``out_dir`` is locked and cleaned."""
-    inputs, errors = _inputs(cfg, engine)
+def decode_inputs(
+    cfg: Mapping[str, Any], engine: Engine, out_dir: Path, inputs: list[EngineInput], errors: list[tuple[str, str]],
+    part: tuple[int, int] | None = None, all_keys: set[str] | None = None,
+) -> dict[str, Any]:
+    """Decode ``inputs`` into the locked, cleaned folder ``out_dir`` and return its ``meta.json`` content; ``errors``
+    are ``(file, reason)`` rows known before decoding.
+
+    ``part=(rank, world_size)``: ``out_dir`` is one process's part of a parallel decode
+    (:mod:`asr.decoding.parallel`): recorded in the resume settings, and a part without a decodable input is
+    written (errors only) instead of refused. ``all_keys``: the ids of the whole job, which a long recording's
+    segment ids must not repeat (default: those of ``inputs``).
+
+    Raises
+    ------
+    ValueError
+        Nothing decodable (not for a part): ``errors.tsv`` is written first and the message names the first error.
+    """
     settings = resume_settings(cfg, engine.options)
+    if part is not None:
+        settings["part"] = list(part)
     stored: dict[str, dict] = {}
     atts: dict[str, np.ndarray] = {}
     shard = 0
@@ -207,7 +252,7 @@ def _decode_locked(cfg: Mapping[str, Any], engine: Engine, out_dir: Path) -> dic
     seg_lines: list[dict] = []
     n_segmented = n_segments = 0
     with part_file:
-        for res in engine.run(inputs, cached=cached, on_batch=on_batch):
+        for res in engine.run(inputs, cached=cached, on_batch=on_batch, all_keys=all_keys):
             what = f"utterance {res.key}: " if cfg.get("data_dir") else ""
             where = res.input.path or res.key
             if res.error is not None:
@@ -225,7 +270,7 @@ def _decode_locked(cfg: Mapping[str, Any], engine: Engine, out_dir: Path) -> dic
                 continue
             final[res.key] = stitch(res.key, res.input.ref, seg_rows, [(u.start, u.end) for u in res.units], shift)
             seg_lines += [{"utt_id": res.key, **{k: v for k, v in sg.items() if k != "tokens"}} for sg in final[res.key]["segments"]]
-    if not final:
+    if not final and part is None:
         remove_partial(out_dir)  # nothing decoded: no partial row to keep
         if errors:
             write_errors(errors, out_dir)
@@ -238,6 +283,8 @@ def _decode_locked(cfg: Mapping[str, Any], engine: Engine, out_dir: Path) -> dic
     info = _meta(cfg, engine, n_utts=len(ids), resumed_utts=resumed, n_errors=len(errors), n_segmented=n_segmented, n_segments=n_segments)
     write_meta(info, out_dir)
     remove_partial(out_dir)
+    if part is not None:
+        return info
     # Counts in the user's units: utterances. Long recordings are decoded as several segments, so the number of
     # decoded items can exceed the number of utterances; say so rather than print a larger count.
     units = f" as {len(rows)} decoding units ({n_segmented} long recording(s) split into {n_segments} segments)" if n_segmented else ""

@@ -410,6 +410,7 @@ class Engine:
     def run(
         self, inputs: Sequence[EngineInput], options: DecodingOptions | None = None, nbest: int = 1, timestamps: bool = False, batch_size: int | None = None,
         cached: Callable[[InputResult, Unit], Any] | None = None, on_batch: Callable[[list[tuple[InputResult, Unit]]], None] | None = None,
+        all_keys: set[str] | None = None,
     ) -> Iterator[InputResult]:
         """Decode ``inputs``: an iterator of one :class:`InputResult` per input, in input order (a chunk at a time).
         The arguments are checked at the call, the inputs read as the iterator is consumed.
@@ -430,6 +431,9 @@ class Engine:
             ``unit.cached`` and the unit is not decoded (resuming).
         on_batch : callable, optional
             Called after each decoded batch with its ``(result, unit)`` pairs (saving partial results).
+        all_keys : set of str, optional
+            The ids of the whole job when ``inputs`` are one part of it (a shard of a parallel decode): a long
+            recording's segment id must not equal any of them. Default: the keys of ``inputs``.
 
         Raises
         ------
@@ -453,7 +457,7 @@ class Engine:
         keys = [i.key for i in inputs]
         if len(set(keys)) != len(keys):
             raise ValueError(f"input keys repeat: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
-        return self._run(inputs, set(keys), opts, nbest, timestamps, batch_size, cached, on_batch)
+        return self._run(inputs, set(keys) | set(all_keys or ()), opts, nbest, timestamps, batch_size, cached, on_batch)
 
     def _run(self, inputs, keys, opts, nbest, timestamps, batch_size, cached, on_batch) -> Iterator[InputResult]:
         """The generator of :meth:`run` (its arguments checked)."""
@@ -504,7 +508,7 @@ class Engine:
         for res, _ in chunk:
             yield res
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _decode(self, items: list[tuple[InputResult, Unit, Tensor]], opts: DecodingOptions, nbest: int, timestamps: bool) -> None:
         """Decode one batch of units (filling them in place)."""
         t0 = time.perf_counter()
