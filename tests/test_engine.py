@@ -158,7 +158,7 @@ def test_one_line_refusals(ctc_model_dir, capsys):
         s2t.transcribe(TEST_WAV, nbest=3)
     assert main(["--model", str(ctc_model_dir), "--batch-size", "0", TEST_WAV]) == 2
     assert capsys.readouterr().err == "asr-transcribe: batch_size must be an integer >= 1, got 0\n"
-    assert main(["--model", str(ctc_model_dir), "--beam-size", "1", "--nbest", "3", TEST_WAV]) == 2
+    assert main(["--model", str(ctc_model_dir), "--beam-size", "1", "--nbest", "3", "--json", TEST_WAV]) == 2
     assert capsys.readouterr().err == "asr-transcribe: nbest=3 needs beam_size >= 3 (decoding with beam_size=1)\n"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
@@ -203,3 +203,28 @@ def test_all_inputs_bad_leaves_errors_tsv_and_no_partial_files(ctc_model_dir, tm
     with pytest.raises(ValueError, match="no utterance to decode: 1 error"):
         decode({"ckpt": str(ctc_model_dir), "audio": [str(tmp_path / "missing.wav")], "out_dir": str(out), **FAST})
     assert (out / "errors.tsv").is_file() and not (out / ".partial").exists() and not (out / "results.partial.jsonl").exists()
+
+
+def test_threads_per_entry_point_and_nbest_without_json_is_said_to_be_ignored(ctc_model_dir, capsys, monkeypatch):
+    from asr import Speech2Text
+    from asr.cli.transcribe import main
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        Speech2Text.from_pretrained(ctc_model_dir, threads=1)
+        assert torch.get_num_threads() == 1
+        s2t = Speech2Text.from_pretrained(ctc_model_dir)  # auto: within the usable cores
+        assert 1 <= torch.get_num_threads() <= (len(__import__("os").sched_getaffinity(0))) and s2t.threads["reason"]
+        torch.set_num_threads(1)
+        Speech2Text.from_pretrained(ctc_model_dir, threads=None)  # left alone
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads must be an integer >= 0"):
+            Speech2Text.from_pretrained(ctc_model_dir, threads=-1)
+        assert main(["--model", str(ctc_model_dir), "--threads", "1", "--beam-size", "2", "--nbest", "2", TEST_WAV]) == 0
+        out = capsys.readouterr()
+        assert torch.get_num_threads() == 1
+        assert out.err.splitlines()[0] == "asr-transcribe: --nbest 2 is ignored without --json (a plain line holds the best text only)"
+        assert len(out.out.splitlines()) == 1 and out.out.startswith(TEST_WAV + "\t")
+    finally:
+        torch.set_num_threads(before)

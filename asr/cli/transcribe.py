@@ -11,7 +11,8 @@ recordings of any length (long ones are decoded in segments cut at pauses), resu
 are decoded. A file that cannot be transcribed (missing, not audio, too short, ...) gets ``path<TAB>error`` on
 standard error and the others are still transcribed; the exit status is 1 only when every input failed (2: usage
 errors such as ``--batch-size 0``, ``--nbest`` above the beam size or ``--device cuda`` without a GPU, each a
-one-line message; no input). ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
+one-line message; no input). ``--nbest`` without ``--json`` is ignored with a one-line warning. ``--threads``: torch
+CPU threads, 0 (default) = the cores not busy with other processes. ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
 huggingface_hub).
 """
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ctc-weight", type=float)
     ap.add_argument("--length-penalty", type=float)
     ap.add_argument("--nbest", type=int, default=1, help="with --json: the N best hypotheses")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 (default) = the cores not busy with other processes (OMP_NUM_THREADS wins)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -63,16 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_usage(sys.stderr)
         print("asr-transcribe: no input files", file=sys.stderr)
         return 2
+    nbest = args.nbest
+    if nbest != 1 and not args.json:
+        print(f"asr-transcribe: --nbest {nbest} is ignored without --json (a plain line holds the best text only)", file=sys.stderr)
+        nbest = 1
     from asr.inference import Speech2Text
 
     given = {k: v for k, v in (("beam_size", args.beam_size), ("ctc_weight", args.ctc_weight), ("length_penalty", args.length_penalty)) if v is not None}
     try:
-        s2t = Speech2Text.from_pretrained(args.model, device=args.device, **given)
+        s2t = Speech2Text.from_pretrained(args.model, device=args.device, threads=args.threads, **given)
     except (FileNotFoundError, ValueError) as exc:
         print(f"asr-transcribe: cannot load the model: {exc}", file=sys.stderr)
         return 2
     try:  # the decoding engine (asr.decoding.engine): a bad file is an error result, not the end
-        results = s2t.stream(paths, batch_size=args.batch_size, nbest=args.nbest, timestamps=args.json)
+        results = s2t.stream(paths, batch_size=args.batch_size, nbest=nbest, timestamps=args.json)
     except ValueError as exc:
         print(f"asr-transcribe: {exc}", file=sys.stderr)
         return 2
