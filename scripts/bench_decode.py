@@ -1,6 +1,17 @@
 #!/usr/bin/env python3
 """Decoding speed of each search against attention greedy search, measured in one process.
 
+Engine mode (``--engine``): the pipeline of ``asr-decode``/``Speech2Text`` (:class:`asr.decoding.engine.Engine`:
+audio loading, fbank, length-sorted batches, search) on a Kaldi data dir, for each search (greedy, beam
+``--beam``, beam + CTC ``--ctc_weight``) and each batch size of ``--batches``, one row each: seconds in the search
+(``decode s``), wall seconds of the whole run (loading and fbank included), RTF of both (seconds / seconds of audio),
+RTFx (audio / wall) and WER; ``--procs 1,2`` adds rows of ``asr-decode num_procs=N`` (child processes, 1 thread
+each unless ``--threads``; wall time from the command's start, start-up included) with their throughput ratio to
+one process::
+
+    python scripts/bench_decode.py --engine --ckpt models/an4_pblstm_x4 --data_dir recipes/an4/data/test \
+        --batches 8,32 --threads 2 --procs 1,2 --json bench_engine.json
+
     python scripts/bench_decode.py --ckpt recipes/an4/exp/an4_pblstm_ctc/checkpoints/avg5.ckpt \
         --feats recipes/an4/dump/test/feats.pt --utts 64 --batch 16 --threads 1
 
@@ -93,6 +104,71 @@ def longform(a: argparse.Namespace) -> None:
             print(f"{'':<28}{name:<22} {meta['decode_s']:>9.1f} {meta['rtf']:>7.4f} {wer:>7.2f} {rss:>11.2f}  ({meta['decode_s'] / base:.2f} x greedy)", flush=True)
 
 
+def engine_rows(a: argparse.Namespace) -> list[dict]:
+    """The rows of engine mode (module docstring); printed as they come, returned for ``--json``."""
+    import dataclasses
+
+    from asr.decoding.decode_dir import inputs_of
+    from asr.decoding.engine import Engine
+    from asr.metrics.wer import score
+
+    if a.device.startswith("cuda"):
+        sync = torch.cuda.synchronize
+    else:
+        sync = lambda: None  # noqa: E731
+    engine = Engine.load(a.ckpt, device=a.device, batch_size=1, max_frames=0)
+    inputs, skipped = inputs_of({"data_dir": a.data_dir}, engine)
+    if a.limit:
+        inputs = inputs[: a.limit]
+    refs = [i.ref for i in inputs]
+    searches = [("greedy", {"beam_size": 1, "ctc_weight": 0.0}), (f"beam{a.beam}", {"beam_size": a.beam, "ctc_weight": 0.0})]
+    if engine.model.ctc is not None and a.ctc_weight > 0:
+        searches.append((f"beam{a.beam}+ctc{a.ctc_weight:g}", {"beam_size": a.beam, "ctc_weight": a.ctc_weight}))
+    if a.searches:
+        searches = [s for s in searches if s[0] in a.searches.split(",")]
+    list(engine.run(inputs[:2], batch_size=2))  # warm-up (first-call allocations, CUDA context)
+    rows = []
+    device = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)"
+    print(f"{len(inputs)} utterances of {a.data_dir}{f' ({len(skipped)} skipped by the data dir check)' if skipped else ''}; {device}")
+    print(f"{'search':<18} {'batch':>5} {'decode s':>9} {'wall s':>7} {'RTF search':>10} {'RTF wall':>9} {'RTFx':>7} {'WER %':>6}")
+    for name, opts in searches:
+        options = dataclasses.replace(engine.options, **opts)
+        for bs in [int(x) for x in a.batches.split(",") if x]:
+            engine.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0}
+            sync()
+            t0 = time.perf_counter()
+            res = list(engine.run(inputs, options=options, batch_size=bs))
+            sync()
+            wall = time.perf_counter() - t0
+            hyps = [" ".join(engine.tokenizer.decode(u.hyp.tokens) for u in r.units if u.hyp is not None) for r in res]
+            audio = engine.stats["audio_s"]
+            wer = 100 * score(refs, hyps).wer
+            row = {"search": name, "batch": bs, "decode_s": round(engine.stats["decode_s"], 3), "wall_s": round(wall, 3), "audio_s": round(audio, 1),
+                   "rtf_search": round(engine.stats["decode_s"] / audio, 5), "rtf_wall": round(wall / audio, 5), "rtfx": round(audio / wall, 1), "wer": round(wer, 2),
+                   "device": device, "n_utts": len(inputs)}
+            rows.append(row)
+            print(f"{name:<18} {bs:>5} {row['decode_s']:>9.2f} {wall:>7.2f} {row['rtf_search']:>10.4f} {row['rtf_wall']:>9.4f} {row['rtfx']:>7.1f} {wer:>6.2f}", flush=True)
+    for n in [int(x) for x in a.procs.split(",") if x]:
+        out_dir = Path(a.work) / f"procs{n}"
+        threads = a.threads if a.threads else 1
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "asr.cli.decode", f"ckpt={a.ckpt}", f"data_dir={a.data_dir}", f"out_dir={out_dir}", "resume=false",
+                               f"num_procs={n}", f"threads={threads}", f"device={a.device}", f"beam_size={a.beam}", f"ctc_weight={a.ctc_weight}"],
+                              env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"asr-decode num_procs={n} failed: {proc.stderr[-1000:]}")
+        meta = json.loads((out_dir / "meta.json").read_text())
+        row = {"search": f"beam{a.beam}+ctc{a.ctc_weight:g}", "procs": n, "threads": threads, "wall_s": round(wall, 2), "decode_s": meta["decode_s"], "audio_s": meta["audio_s"]}
+        rows.append(row)
+        base = next(r for r in rows if r.get("procs") == 1) if any(r.get("procs") == 1 for r in rows) else row
+        print(f"asr-decode num_procs={n} ({threads} thread each): wall {wall:.1f} s (start-up included), decode {meta['decode_s']:.1f} s (slowest process); "
+              f"throughput x{base['wall_s'] / wall:.2f} wall, x{base['decode_s'] / meta['decode_s']:.2f} decode vs 1 process", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -108,7 +184,20 @@ def main() -> None:
     ap.add_argument("--ctc_weight", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--engine", action="store_true", help="engine mode: --data_dir through the decoding engine (module docstring)")
+    ap.add_argument("--batches", default="8,32", help="engine mode: batch sizes (comma-separated)")
+    ap.add_argument("--searches", default="", help="engine mode: only these searches (greedy, beam<K>, beam<K>+ctc<λ>; default all)")
+    ap.add_argument("--procs", default="", help="engine mode: also asr-decode with these process counts, e.g. 1,2")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--limit", type=int, default=0, help="engine mode: first N utterances only (0 = all)")
+    ap.add_argument("--json", default="", help="engine mode: write the rows here")
     a = ap.parse_args()
+    if a.engine:
+        if not a.data_dir:
+            ap.error("--engine needs --data_dir")
+        torch.set_num_threads(a.threads)
+        engine_rows(a)
+        return
     if a.longform:
         longform(a)
         return
