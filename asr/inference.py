@@ -39,7 +39,7 @@ from asr.decoding.engine import Engine, EngineInput, InputResult, Unit
 from asr.decoding.longform import SegmentOptions
 from asr.decoding.results import attention_matrix
 from asr.decoding.search import DecodingOptions, Hypothesis, resolve_options
-from asr.features.audio import resample_waveform
+from asr.features.audio import resample_waveform, waveform_to_float
 from asr.features.fbank import FbankOptions
 from asr.models.asr_model import AttentionASRModel
 from asr.models.pretrained import load_model
@@ -249,21 +249,27 @@ class Speech2Text:
     def _input(self, i: int, x: Any, sample_rate: int | None) -> EngineInput:
         """The engine input of ``x`` (a path, or a 1-D waveform at ``sample_rate``, resampled to the model's rate).
 
+        Integer arrays are scaled to [-1, 1] (:func:`~asr.features.audio.waveform_to_float`); the engine warns
+        about them, and about a ``sample_rate`` below the model's, once per call (``EngineInput.int_dtype``,
+        ``EngineInput.sample_rate``).
+
         Raises
         ------
         ValueError
-            An array that is not 1-D, or no ``sample_rate`` for it.
+            An array that is not 1-D, of an integer type without a known full scale (int64, uint16-64, bool), or
+            no ``sample_rate`` for it.
         """
         if isinstance(x, (str, os.PathLike)):
             return EngineInput(str(i), path=str(x))
-        wav = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+        wav, int_dtype = waveform_to_float(x)
         if wav.dim() != 1:
             raise ValueError(f"an in-memory waveform must be 1-D (num_samples,), got shape {tuple(wav.shape)}")
         if sample_rate is None:
             raise ValueError("transcribe() of an array needs sample_rate= (Hz)")
         if not bool(torch.isfinite(wav).all()):
-            return EngineInput(str(i), error="the waveform contains NaN or infinite samples")
-        return EngineInput(str(i), wav=resample_waveform(wav, int(sample_rate), self.fbank.sample_rate))
+            return EngineInput(str(i), error="the waveform contains NaN or infinite samples", int_dtype=int_dtype)
+        wav = resample_waveform(wav, int(sample_rate), self.fbank.sample_rate)
+        return EngineInput(str(i), wav=wav, sample_rate=int(sample_rate), int_dtype=int_dtype)
 
     # ---- output -----------------------------------------------------------------------------------------------
     def _hyp_result(self, h: Hypothesis, spans: list[tuple[float, float]] | None, how: str, duration: float, attention: bool, path: str | None) -> Result:
@@ -338,7 +344,12 @@ class Speech2Text:
         ----------
         inputs : path, array, or a sequence of them
             Audio files (any format libsndfile reads, resampled to the model's rate) or 1-D float waveforms in
-            [-1, 1] (numpy or torch, ``(num_samples,)``) at ``sample_rate``. Any length: an input longer than
+            [-1, 1] (numpy or torch, ``(num_samples,)``) at ``sample_rate``; int8/int16/int32/uint8 arrays are
+            scaled to [-1, 1] by their full scale with an :class:`~asr.features.audio.AudioInputWarning` (once per
+            call, with the count), other integer types refused (ValueError). Audio at a lower rate than the model's
+            (8 kHz to a 16 kHz model) is decoded, with an ``AudioInputWarning`` once per call: its missing high
+            band degrades recognition badly. Silence and steady noise give an empty text
+            (``DecodingOptions.no_speech_db``). Any length: an input longer than
             ``longform_max_s`` is decoded in segments (module docstring).
         sample_rate : int, optional
             Hz of the in-memory waveforms (required for them).
@@ -366,7 +377,7 @@ class Speech2Text:
         Raises
         ------
         ValueError
-            An array input that is not 1-D or has no ``sample_rate``; ``batch_size`` not an integer >= 1;
+            An array input that is not 1-D, has no ``sample_rate`` or an integer type other than int8/int16/int32/uint8; ``batch_size`` not an integer >= 1;
             ``nbest`` > 1 with ``beam_size`` < ``nbest``; an unknown or invalid decoding option, or ``ctc_weight``
             > 0 for a model without a CTC branch.
         """

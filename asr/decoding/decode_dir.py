@@ -289,12 +289,18 @@ def decode_inputs(
     # decoded items can exceed the number of utterances; say so rather than print a larger count.
     units = f" as {len(rows)} decoding units ({n_segmented} long recording(s) split into {n_segments} segments)" if n_segmented else ""
     reused = f", {resumed} unit(s) resumed from an earlier run" if resumed else ""
-    print(f"decoded {len(ids)} utterances{units}{reused} ({info['audio_s']:.1f} s of audio newly decoded) in {info['decode_s']:.1f} s, RTF {info['rtf']:.4f} -> {out_dir}")
+    quiet = f", {info['n_no_speech']} without speech (empty text)" if info["n_no_speech"] else ""
+    print(
+        f"decoded {len(ids)} utterances{units}{reused} ({info['audio_s']:.1f} s of audio newly decoded) in {info['decode_s']:.1f} s, RTF {info['rtf']:.4f}; "
+        f"{info['n_length_limit']} hypotheses stopped at the length limit{quiet} -> {out_dir}"
+    )
     return info
 
 
 def _meta(cfg: Mapping[str, Any], engine: Engine, **counts: Any) -> dict[str, Any]:
-    """``meta.json``: the model's description, the search options, the data source and run statistics."""
+    """``meta.json``: the model's description, the search options, the data source and run statistics
+    (``n_length_limit``: newly decoded units whose best hypothesis stopped at the length limit, ``max_len_ratio``,
+    instead of eos; ``n_no_speech``: units decided to hold no speech, given an empty text)."""
     model_cfg, stats = engine.info["model_cfg"], engine.stats
     members = _ensemble_paths(cfg)
     return build_meta(
@@ -316,6 +322,8 @@ def _meta(cfg: Mapping[str, Any], engine: Engine, **counts: Any) -> dict[str, An
         decode_s=round(stats["decode_s"], 2),
         audio_s=round(stats["audio_s"], 2),
         rtf=round(stats["decode_s"] / stats["audio_s"], 4) if stats["audio_s"] else 0.0,
+        n_length_limit=stats["n_length_limit"],
+        n_no_speech=stats["n_no_speech"],
         device=str(engine.device),
         threads=torch.get_num_threads(),
     )

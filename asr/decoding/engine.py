@@ -12,6 +12,16 @@ frames (:class:`~asr.data.dataset.LengthBucketBatchSampler`) -> search (:func:`~
 greedy, beam, joint CTC/attention, windowed, ensemble; :func:`~asr.decoding.search.beam_search` for n-best lists) ->
 token timestamps (seconds from the start of the input) -> one :class:`InputResult` per input, in input order.
 
+No speech: a unit (an input, or a long-form segment) whose fbank shows no speech
+(:func:`~asr.decoding.nospeech.is_no_speech` with ``DecodingOptions.no_speech_db``; silence, hum, steady noise) is
+not searched: it gets an empty hypothesis and ``Unit.no_speech``. Hypotheses stopped by the length limit rather
+than eos (``Hypothesis.reached_limit``) and no-speech units are counted in ``Engine.stats``.
+
+Input warnings: one :class:`~asr.features.audio.AudioInputWarning` (Python :mod:`warnings`) per :meth:`Engine.run`
+call and kind, with counts, issued when the inputs have all been read (before the last results are yielded):
+inputs whose sample rate is below the model's (files, or waveforms with ``EngineInput.sample_rate``), and integer
+waveforms scaled to [-1, 1] (``EngineInput.int_dtype``, :func:`~asr.features.audio.waveform_to_float`).
+
 Error isolation: an input that cannot be read, is shorter than the model accepts or holds bad features gets
 ``InputResult.error`` (a one-line reason); a batch whose search fails is decoded again unit by unit and a unit
 that fails alone gets ``Unit.error``. Nothing one input does stops the others.
@@ -31,6 +41,7 @@ import hashlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +54,8 @@ from asr.data.dataset import LengthBucketBatchSampler
 from asr.decoding.ctc import ctc_align
 from asr.decoding.longform import SegmentOptions, find_segments, segment_id
 from asr.decoding.search import DecodingOptions, Hypothesis, beam_search, ctc_log_probs, decode_batch, resolve_options
-from asr.features.audio import AudioError, load_audio
+from asr.decoding.nospeech import is_no_speech
+from asr.features.audio import AudioError, AudioInputWarning, read_audio
 from asr.features.fbank import FbankOptions, compute_fbank
 from asr.models.asr_model import AttentionASRModel
 from asr.models.pretrained import load_model
@@ -66,6 +78,9 @@ class EngineInput:
 
     ``key`` names it (unique within a run; a long recording's segments are ``segment_id(key, k)``); ``ref`` and
     ``speaker`` are carried along; ``error``, when set, is a reason known before decoding (the input is not read).
+    For ``wav``: ``sample_rate``, the rate (Hz) it had before it was resampled to the model's, and ``int_dtype``,
+    the integer type it was scaled from (``"int16"``), when known; :meth:`Engine.run` warns about both
+    (module docstring).
     """
 
     key: str
@@ -75,6 +90,8 @@ class EngineInput:
     ref: str = ""
     speaker: str = "unknown"
     error: str | None = None
+    sample_rate: int | None = None
+    int_dtype: str | None = None
 
 
 @dataclass
@@ -103,6 +120,8 @@ class Unit:
         What the ``cached`` callback of :meth:`Engine.run` returned for it (then it was not decoded).
     nbest_spans : list or None
         With ``nbest`` and ``timestamps``: the ``spans`` of each hypothesis of ``nbest``.
+    no_speech : bool
+        The unit was decided to hold no speech (module docstring): not searched, ``hyp`` is empty.
     """
 
     unit_id: str
@@ -116,6 +135,7 @@ class Unit:
     error: str | None = None
     cached: Any = None
     nbest_spans: list[list[tuple[float, float]]] | None = None
+    no_speech: bool = False
 
     @property
     def n_frames(self) -> int:
@@ -290,8 +310,9 @@ class Engine:
     Attributes
     ----------
     stats : dict
-        ``n_batches``, ``decode_s`` (seconds spent in batches) and ``audio_s`` (seconds of audio decoded) since
-        the engine was made.
+        Since the engine was made: ``n_batches``, ``decode_s`` (seconds spent in batches), ``audio_s`` (seconds of
+        audio decoded), ``n_length_limit`` (units whose best hypothesis was stopped by the length limit,
+        ``max_len_ratio``, instead of eos) and ``n_no_speech`` (units decided to hold no speech, not searched).
 
     Raises
     ------
@@ -313,7 +334,7 @@ class Engine:
         self.segments = dataclasses.replace(segments or SegmentOptions(max_s=0.0, min_s=0.0), frame_shift_s=fbank.frame_shift_s)
         self.min_frames = min_input_frames(self.models)
         self.info = dict(info or {})
-        self.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0}
+        self.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0, "n_length_limit": 0, "n_no_speech": 0}
 
     @classmethod
     def load(cls, path: str | Path, ensemble: Sequence[str | Path] = (), options: dict[str, Any] | None = None, **kw: Any) -> "Engine":
@@ -352,6 +373,11 @@ class Engine:
             The input is shorter than the models accept (``too short: 0.030 s < minimum 0.095 s``), a waveform
             holds NaN/Inf or is not 1-D, features have the wrong shape, too few frames or NaN/Inf values.
         """
+        x, duration, _ = self._features(inp)
+        return x, duration
+
+    def _features(self, inp: EngineInput) -> tuple[Tensor, float, int | None]:
+        """:meth:`features` and the input's sample rate before resampling (None: unknown, e.g. features given)."""
         f = self.fbank
         if inp.feats is not None:
             x = inp.feats
@@ -361,9 +387,10 @@ class Engine:
                 raise ValueError(f"too short: {x.shape[0]} feature frames ({1000 * x.shape[0] * f.frame_shift_s:.0f} ms) < minimum {self.min_frames} ({1000 * self.min_frames * f.frame_shift_s:.0f} ms)")
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"feature dump entry holds {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)")
-            return x, (x.shape[0] - 1) * f.frame_shift_s + f.frame_length_ms / 1000
+            return x, (x.shape[0] - 1) * f.frame_shift_s + f.frame_length_ms / 1000, None
+        rate = inp.sample_rate
         if inp.path is not None:
-            wav = load_audio(inp.path, f.sample_rate)
+            wav, rate = read_audio(inp.path, f.sample_rate)
         elif inp.wav is not None:
             wav = inp.wav
             if wav.dim() != 1:
@@ -376,7 +403,7 @@ class Engine:
         need = math.ceil(f.sample_rate * self.min_duration_s())
         if wav.numel() < need:
             raise ValueError(f"too short: {duration:.3f} s < minimum {need / f.sample_rate:.3f} s")
-        return compute_fbank(wav, f), duration
+        return compute_fbank(wav, f), duration, rate
 
     # ---- output -----------------------------------------------------------------------------------------------
     def token_spans(self, h: Hypothesis, ctc_logp: Tensor | None, n_enc: int, duration: float) -> tuple[list[tuple[float, float]], str]:
@@ -463,22 +490,49 @@ class Engine:
         """The generator of :meth:`run` (its arguments checked)."""
         chunk: list[tuple[InputResult, Tensor | None]] = []
         held = 0
+        low_rates: dict[int, int] = {}  # sample rate below the model's -> inputs
+        int_types: dict[str, int] = {}  # integer dtype scaled to [-1, 1] -> inputs
         for idx, inp in enumerate(inputs):
             res = InputResult(idx, inp, frame_shift_s=self.fbank.frame_shift_s, error=inp.error)
             x = None
             if res.error is None:
                 try:
-                    x, res.duration = self.features(inp)
+                    x, res.duration, rate = self._features(inp)
                     res.n_frames = int(x.shape[0])
                     held += res.n_frames
+                    if rate is not None and rate < self.fbank.sample_rate:
+                        low_rates[rate] = low_rates.get(rate, 0) + 1
                 except (AudioError, ValueError) as exc:
                     res.error = exc.reason if isinstance(exc, AudioError) else str(exc)
+            if inp.int_dtype is not None:
+                int_types[inp.int_dtype] = int_types.get(inp.int_dtype, 0) + 1
             chunk.append((res, x))
-            if held >= self.chunk_frames:
+            if held >= self.chunk_frames and idx < len(inputs) - 1:
                 yield from self._run_chunk(chunk, keys, opts, nbest, timestamps, batch_size, cached, on_batch)
                 chunk, held = [], 0
+        self._warn_inputs(len(inputs), low_rates, int_types)
         if chunk:
             yield from self._run_chunk(chunk, keys, opts, nbest, timestamps, batch_size, cached, on_batch)
+
+    def _warn_inputs(self, n_inputs: int, low_rates: dict[int, int], int_types: dict[str, int]) -> None:
+        """The run's input warnings (:class:`~asr.features.audio.AudioInputWarning`, module docstring): at most one per kind,
+        issued on every call (no once-per-location registry, so a second run with the same inputs warns again)."""
+        rate = self.fbank.sample_rate
+        if low_rates:
+            n = sum(low_rates.values())
+            rates = ", ".join(f"{r} Hz: {c}" for r, c in sorted(low_rates.items()))
+            _warn(
+                f"{n} of {n_inputs} input(s) have a lower sample rate than the model's {rate} Hz ({rates}): they were upsampled, "
+                f"but the band above half their rate is missing and recognition degrades badly (AN4 test at 8 kHz: 119 % WER "
+                f"with the 16 kHz AN4 model); give audio recorded at {rate} Hz or use a model trained on narrowband audio"
+            )
+        if int_types:
+            n = sum(int_types.values())
+            kinds = ", ".join(f"{t}: {c}" for t, c in sorted(int_types.items()))
+            _warn(
+                f"{n} of {n_inputs} in-memory waveform(s) are integer arrays ({kinds}): scaled to [-1, 1] by their full scale "
+                "(int16 / 32768, as PCM files are read); pass float arrays in [-1, 1] to silence this"
+            )
 
     def _run_chunk(self, chunk, keys, opts, nbest, timestamps, batch_size, cached, on_batch) -> Iterator[InputResult]:
         """Segment, batch and decode the inputs of one chunk (``(result, feats or None)`` pairs); yields the results."""
@@ -510,8 +564,32 @@ class Engine:
 
     @torch.inference_mode()
     def _decode(self, items: list[tuple[InputResult, Unit, Tensor]], opts: DecodingOptions, nbest: int, timestamps: bool) -> None:
-        """Decode one batch of units (filling them in place)."""
+        """Decode one batch of units (filling them in place); units without speech are not searched."""
         t0 = time.perf_counter()
+        shift = self.fbank.frame_shift_s
+        silent = [is_no_speech(x, opts.no_speech_db) for _, _, x in items]
+        for (res, unit, x), no in zip(items, silent):
+            if no:
+                self._no_speech(unit, x, nbest, timestamps)
+        items = [it for it, no in zip(items, silent) if not no]
+        if items:
+            self._search(items, opts, nbest, timestamps)
+        self.stats["n_batches"] += 1
+        self.stats["decode_s"] += time.perf_counter() - t0
+
+    def _no_speech(self, unit: Unit, x: Tensor, nbest: int, timestamps: bool) -> None:
+        """Fill a unit decided to hold no speech: an empty hypothesis (score 0, an all-zero eos attention row)."""
+        unit.enc_frames = int(self.model.encoder.output_lengths(torch.tensor([x.shape[0]]))[0])
+        unit.no_speech = True
+        unit.hyp = Hypothesis([], 0.0, 0.0, torch.zeros(1, unit.enc_frames))
+        unit.nbest = [unit.hyp] if nbest > 1 else None
+        if timestamps:
+            unit.spans, unit.nbest_spans = [], [[]] if nbest > 1 else None
+        self.stats["n_no_speech"] += 1
+        self.stats["audio_s"] += x.shape[0] * self.fbank.frame_shift_s
+
+    def _search(self, items: list[tuple[InputResult, Unit, Tensor]], opts: DecodingOptions, nbest: int, timestamps: bool) -> None:
+        """Search one batch of units (filling them in place)."""
         feats = [x for _, _, x in items]
         xs = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device)
         lens = torch.tensor([f.shape[0] for f in feats], device=self.device)
@@ -527,6 +605,7 @@ class Engine:
                 continue
             hyps, lp = out
             unit.hyp = hyps[0]
+            self.stats["n_length_limit"] += int(unit.hyp.reached_limit)
             unit.nbest = self.distinct_texts(hyps, nbest) if nbest > 1 else None
             if timestamps:
                 offset = unit.start * shift
@@ -535,8 +614,12 @@ class Engine:
                 unit.spans = [(round(a + offset, 3), round(b + offset, 3)) for a, b in spans]
                 if unit.nbest:
                     unit.nbest_spans = [[(round(a + offset, 3), round(b + offset, 3)) for a, b in self.token_spans(g, lp, unit.enc_frames, length)[0]] for g in unit.nbest]
-        self.stats["n_batches"] += 1
-        self.stats["decode_s"] += time.perf_counter() - t0
+
+
+def _warn(message: str) -> None:
+    """Issue an :class:`~asr.features.audio.AudioInputWarning` every time (``registry=None``: Python's default
+    once-per-location-and-message filter would hide the same message in a later run of the same process)."""
+    warnings.warn_explicit(message, AudioInputWarning, __file__, _warn.__code__.co_firstlineno, module="asr.decoding.engine", registry=None)
 
 
 def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int, ctc_posteriors: bool) -> list[tuple[list[Hypothesis], Tensor | None]]:

@@ -87,6 +87,13 @@ class DecodingOptions:
     hard_attention : bool
         Argmax (hard) attention context at every step (:func:`asr.models.attention.harden`). RNN attention
         decoders only.
+    no_speech_db : float
+        No-speech decision of :class:`~asr.decoding.engine.Engine` (:func:`asr.decoding.nospeech.modulation_depth_db`):
+        a unit (an input, or a long-form segment) whose low-band energy modulation depth is below this many dB is
+        not searched and gets an empty hypothesis (silence, hum, steady noise of any level); 0 = off. Default 6 dB,
+        measured with models/an4_pblstm_x4 (:mod:`asr.decoding.nospeech`): digital silence 0, white, brown noise and
+        hum 0-2.9 dB at any level; AN4 speech 21.5-56 dB (90 clips), and 12.7 dB at the least in white noise at 0 dB
+        SNR. Model-independent (fbank only), so it holds for models without a CTC branch as well.
     """
 
     beam_size: int = 10
@@ -100,6 +107,7 @@ class DecodingOptions:
     att_window_ahead: int = -1
     att_window_restart: bool = True
     hard_attention: bool = False
+    no_speech_db: float = 6.0
 
     def __post_init__(self) -> None:
         """Check every option's type and range; numbers given as ``int`` where a float is meant are converted.
@@ -109,7 +117,7 @@ class DecodingOptions:
         ValueError
             ``beam_size`` not an integer in ``[1, MAX_BEAM_SIZE]``, ``min_len`` not an integer >= 0, a float
             option NaN/infinite/not a number, ``max_len_ratio`` <= 0, ``length_penalty`` < 0, ``ctc_weight``
-            outside [0, 1]; ``end_detect_m`` not an integer >= 0, ``end_detect_d`` not a finite number <= 0;
+            outside [0, 1], ``no_speech_db`` < 0; ``end_detect_m`` not an integer >= 0, ``end_detect_d`` not a finite number <= 0;
             only one of ``att_window_back``/``att_window_ahead`` set (>= 0), either below -1;
             ``hard_attention`` not a bool.
         """
@@ -121,13 +129,15 @@ class DecodingOptions:
                 raise ValueError(f"{name} must be >= {lo}, got {v}")
         if self.beam_size > MAX_BEAM_SIZE:
             raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {self.beam_size}")
-        for name in ("max_len_ratio", "length_penalty", "ctc_weight", "end_detect_d"):
+        for name in ("max_len_ratio", "length_penalty", "ctc_weight", "end_detect_d", "no_speech_db"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
         if self.max_len_ratio <= 0:
             raise ValueError(f"max_len_ratio must be > 0, got {self.max_len_ratio}")
+        if self.no_speech_db < 0:
+            raise ValueError(f"no_speech_db must be >= 0 (0 = off), got {self.no_speech_db}")
         if self.length_penalty < 0:
             raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
         if not 0.0 <= self.ctc_weight <= 1.0:
@@ -163,13 +173,17 @@ class Hypothesis:
 
     ``tokens``: ids without sos/eos; ``score``: total log-probability including eos;
     ``norm_score``: the ranking score; ``attention``: ``(len(tokens) + 1, S)`` weights (last row = eos step;
-    for an ensemble, those of the first member over its ``S`` encoder frames).
+    for an ensemble, those of the first member over its ``S`` encoder frames; ``(len(tokens), S)`` for a
+    hypothesis that reached the length limit); ``reached_limit``: the search stopped it at its maximum length
+    (``max(min_len, ceil(max_len_ratio * S))`` tokens) instead of eos (a runaway, e.g. "AND AND AND ..." on
+    out-of-domain audio; :class:`~asr.decoding.engine.Engine` counts them in ``stats["n_length_limit"]``).
     """
 
     tokens: list[int]
     score: float
     norm_score: float
     attention: Tensor = field(repr=False)
+    reached_limit: bool = False
 
 
 def _max_lens(hs_lens: Tensor, opts: DecodingOptions) -> Tensor:
@@ -422,9 +436,10 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
         kept = toks_t[i] >= 0  # the steps that emitted a token (restart steps emit none)
         seq = toks_t[i][kept].tolist()
         n = len(seq)  # includes eos if emitted
-        tokens = seq[:-1] if seq and seq[-1] == first.eos_id else seq
+        ended = bool(seq) and seq[-1] == first.eos_id
+        tokens = seq[:-1] if ended else seq
         s = float(scores[i])
-        out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i][kept][:, : int(hs_lens[i])]))
+        out.append(Hypothesis(tokens, s, _norm(s, n, opts.length_penalty), atts_t[i][kept][:, : int(hs_lens[i])], reached_limit=not ended))
     return out
 
 
@@ -622,7 +637,7 @@ def beam_search(
     utt_t = torch.tensor(utt, dtype=torch.long, device=dev)
     members[0].memory = memory0
     atts = forced_attention(members[0], utt_t * k, [h[0] for h in flat], hs_lens.index_select(0, utt_t.to(hs_lens.device)), [h[3] for h in flat])
-    hyps = iter(Hypothesis(toks, sc, norm, att) for (toks, sc, norm, _), att in zip(flat, atts))
+    hyps = iter(Hypothesis(toks, sc, norm, att, reached_limit=not eos) for (toks, sc, norm, eos), att in zip(flat, atts))
     out = [[next(hyps) for _ in r] for r in ranked]
     return out if nbest else [r[0] for r in out]
 
