@@ -256,14 +256,18 @@ def test_second_decode_into_a_busy_out_dir_refuses(tmp_path, tiny_ckpt):
 def test_fresh_decode_removes_stale_outputs(tmp_path, tiny_ckpt):
     out = tmp_path / "dec"
     _decode(tiny_ckpt, out, audio=[str(GOOD_WAV), str(tmp_path / "gone.wav")])
-    (out / "scoring").mkdir()
-    (out / "scoring" / "wer.json").write_text("{}")
-    (out / "report").mkdir()  # an asr-inspect report of the earlier results
-    (out / "report" / "index.html").write_text("<html></html>")
-    assert (out / "errors.tsv").exists()
+    from asr.cli.score import score_decode_dir
+    from asr.utils.owned import OwnedOutput
+
+    score_decode_dir(out, max_missing_fraction=1.0)  # asr-score's scoring/ of the earlier results
+    with OwnedOutput(out / "report", "asr-inspect"):  # an asr-inspect report of them
+        (out / "report" / "index.html").write_text("<html></html>")
+    (out / "plots").mkdir()  # the user's own folder, not written by an asr tool: kept (tests/test_output_safety.py)
+    (out / "plots" / "mine.png").write_bytes(b"png")
+    assert (out / "errors.tsv").exists() and (out / "scoring" / "wer.json").exists()
     _decode(tiny_ckpt, out, audio=[str(GOOD_WAV)])
     assert not (out / "errors.tsv").exists() and not (out / "scoring").exists() and not (out / "report").exists()
-    assert (out / "results.jsonl").exists()
+    assert (out / "results.jsonl").exists() and (out / "plots" / "mine.png").read_bytes() == b"png"
 
 
 # ---------------------------------------------------------------------------------------- options, limits

@@ -15,7 +15,12 @@ handles the arguments: the decoding is :class:`asr.decoding.engine.Engine`'s (th
 decode time, real-time factor), ``errors.tsv`` for inputs that could not be read or decoded and, for
 recordings longer than ``longform_max_s`` (split at pauses, :mod:`asr.decoding.longform`), ``segments.jsonl``.
 The folder's format has one owner, :mod:`asr.decoding.results`: the decode holds its lock
-(:class:`~asr.decoding.results.OutDirLock`) and first removes an earlier decode's final outputs.
+(:class:`~asr.decoding.results.OutDirLock`) and first removes an earlier decode's final outputs, only those its
+ownership manifest ``out_dir/.asr-owned.json`` lists (:mod:`asr.utils.owned`): a file the user put there, or a
+``plots/``/``report/``/``scoring/`` folder no asr tool wrote, is never removed. A non-empty ``out_dir`` without
+that manifest (a folder of the user's, or a decode folder of a version without manifests) is refused with a
+one-line error unless ``overwrite=true``, which writes the decode's own files beside what is there (replacing
+files of the same names, removing nothing).
 
 Decoding is resumable. While it runs, every finished batch is stored at once: first its attention
 matrices as ``out_dir/.partial/attention_<n>.npz`` (written atomically), then its rows appended to
@@ -44,7 +49,8 @@ from omegaconf import DictConfig
 
 from asr.data.datadir import DataDirError
 from asr.decoding.decode_dir import decode
-from asr.decoding.results import PARTIAL_DIR, PARTIAL_RESULTS
+from asr.decoding.results import DECODE_TOOL, PARTIAL_DIR, PARTIAL_RESULTS, RESUME_NAMES
+from asr.utils.owned import check_output_dir, claim_output_dir, read_manifest
 from asr.utils.paths import CONF_DIR
 
 __all__ = ["decode", "main", "PARTIAL_DIR", "PARTIAL_RESULTS"]
@@ -52,10 +58,17 @@ __all__ = ["decode", "main", "PARTIAL_DIR", "PARTIAL_RESULTS"]
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="decode")
 def main(cfg: DictConfig) -> None:
-    """Console script ``asr-decode`` (settings: ``conf/decode.yaml``). A refused setting, a missing model or
-    data dir, or nothing decodable ends it with a one-line ``asr-decode: ...`` message and exit status 2."""
+    """Console script ``asr-decode`` (settings: ``conf/decode.yaml``). A refused setting or ``out_dir``, a missing
+    model or data dir, or nothing decodable ends it with a one-line ``asr-decode: ...`` message and exit status 2.
+    ``overwrite=true`` claims a non-empty ``out_dir`` that has no ownership manifest (module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if cfg.get("out_dir"):
+            # Checked before the model is read and the folder locked (the decode checks again, holding the lock).
+            check_output_dir(cfg.out_dir, DECODE_TOOL, overwrite=bool(cfg.get("overwrite")), ignore=RESUME_NAMES)
+        if cfg.get("overwrite") and cfg.get("out_dir") and read_manifest(cfg.out_dir) is None:
+            # Claimed here, before the decode's lock: a folder some decode is writing already has a manifest.
+            claim_output_dir(cfg.out_dir, DECODE_TOOL, overwrite=True, ignore=RESUME_NAMES)
         decode(cfg)
     except (ValueError, FileNotFoundError, DataDirError, RuntimeError) as exc:
         print(f"asr-decode: {exc}", file=sys.stderr)

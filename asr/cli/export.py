@@ -14,7 +14,19 @@ else the toolkit's defaults.
 Options: ``dtype`` (``float32``, the default, is bit-identical to the checkpoint; ``float16`` halves the size),
 ``name`` (card title, default the output folder's name), ``license`` (default ``apache-2.0``, the toolkit's; the
 training data's own terms are noted separately), ``data_license`` (a note on the training data's licence), ``note`` (text added under the results, e.g. the WER
-that ``scripts/transcribe_wer.py`` measured with the exported directory).
+that ``scripts/transcribe_wer.py`` measured with the exported directory), ``overwrite`` (see below).
+
+The model directory is written whole or not at all: every file goes into a temporary sibling folder
+(``.<name>.export-*``), which is then renamed onto ``out_dir``; an export that fails half-way (a full disk, a bad
+checkpoint) leaves an existing ``out_dir`` exactly as it was and removes the temporary folder, so new weights can
+never sit beside an old tokenizer. The folder records what ``asr-export`` wrote (``.asr-owned.json``,
+:mod:`asr.utils.owned`). An existing ``out_dir`` is replaced only when it holds nothing but an earlier export's
+files; one that also holds other files (a README.md of the user's, anything not in its manifest, or no manifest
+at all, e.g. a model directory exported before manifests) is refused with one line
+``asr-export: <out_dir>: <reason>`` (exit status 2) unless ``overwrite=true``. With ``overwrite=true`` the new
+directory is still swapped in whole, and the files ``asr-export`` did not write are moved into it unchanged, except
+those with the name of an exported file (``README.md``, ``config.yaml``, ...), which are replaced: the choice is
+to keep a user's other files rather than drop them with the old directory.
 """
 
 from __future__ import annotations
@@ -22,7 +34,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,10 +49,14 @@ from asr.decoding.search import DecodingOptions, resolve_options
 from asr.models.checkpoint import fbank_options, load_checkpoint
 from asr.models.pretrained import TOKENIZER, WEIGHTS, save_model_dir
 from asr.utils.io import file_sha256
+from asr.utils.owned import MANIFEST, OutputDirError, read_manifest, record_owned
 
 log = logging.getLogger("asr.export")
 
-__all__ = ["export", "find_decode_dirs", "model_card", "main"]
+#: The tool name in a model directory's ownership manifest (:mod:`asr.utils.owned`).
+EXPORT_TOOL = "asr-export"
+
+__all__ = ["EXPORT_TOOL", "export", "find_decode_dirs", "model_card", "main"]
 
 AN4_NOTE = (
     "Trained on CMU AN4 (alphanumeric census utterances, 16 kHz), Copyright (c) 1991-2005 Carnegie Mellon University, "
@@ -133,14 +152,54 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], tr
     return "\n".join(lines)
 
 
-def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode_dirs: Sequence[str | Path] | None = None, name: str | None = None, license_id: str = "apache-2.0", data_license: str | None = None, note: str = "") -> dict[str, Any]:
-    """Export ``ckpt`` to ``out_dir`` (module docstring); returns the ``config.yaml`` content.
+def _foreign_entries(out: Path, overwrite: bool) -> list[str]:
+    """The top-level names of an existing ``out`` that ``asr-export`` did not write (its manifest aside).
+
+    Raises
+    ------
+    OutputDirError
+        ``out`` is not a folder; or it holds such names and ``overwrite`` is false.
+    """
+    if not os.path.lexists(out):
+        return []
+    if out.is_symlink() or not out.is_dir():
+        raise OutputDirError(out, "exists and is not a folder")
+    manifest = read_manifest(out)
+    owned = {e.rstrip("/").split("/", 1)[0] for e in (manifest or {}).get(EXPORT_TOOL, [])}
+    foreign = sorted(x for x in os.listdir(out) if x != MANIFEST and x not in owned)
+    if foreign and not overwrite:
+        what = "holds files asr-export did not write" if manifest is not None else "is not empty and was not written by asr-export"
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputDirError(out, f"{what} ({shown}); choose a new folder, or pass overwrite=true to replace the model files "
+                                  "and keep the others (files of exported names, e.g. README.md, are replaced)")
+    return foreign
+
+
+def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode_dirs: Sequence[str | Path] | None = None, name: str | None = None,
+           license_id: str = "apache-2.0", data_license: str | None = None, note: str = "", overwrite: bool = False) -> dict[str, Any]:
+    """Export ``ckpt`` to the model directory ``out_dir`` (module docstring); returns the ``config.yaml`` content.
+
+    The directory is built in a temporary sibling folder and renamed into place as a whole; on any error the
+    temporary folder is removed and an existing ``out_dir`` is left as it was.
+
+    Parameters
+    ----------
+    overwrite : bool
+        Replace an ``out_dir`` holding files ``asr-export`` did not write; those files are moved into the new
+        directory, except the ones named like an exported file, which are replaced (module docstring).
 
     Raises
     ------
     FileNotFoundError, ValueError
         From :func:`asr.models.checkpoint.load_checkpoint` (missing or unsafe checkpoint); unknown ``dtype``.
+    asr.utils.owned.OutputDirError
+        ``out_dir`` exists and is not a folder, or holds files ``asr-export`` did not write and ``overwrite`` is
+        false (checked before anything is read or written; a ``ValueError`` whose message is ``<out_dir>: <reason>``).
+    OSError
+        Writing or renaming failed (a full disk): ``out_dir`` is unchanged.
     """
+    out = Path(out_dir)
+    _foreign_entries(out, overwrite)  # refuse before the (slow) checkpoint load
     ckpt = Path(ckpt)
     model, tok, meta = load_checkpoint(ckpt)
     dirs = [Path(d) for d in decode_dirs] if decode_dirs else find_decode_dirs(ckpt)
@@ -159,23 +218,81 @@ def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode
         train["summary"] = json.loads((exp / "train_summary.json").read_text(encoding="utf-8"))
     if data_license is None:
         data_license = AN4_NOTE if "an4" in str(train.get("data", "")).lower() or "an4" in exp.name else ""
-    out = Path(out_dir)
-    config = save_model_dir(out, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)})
-    mb = (out / WEIGHTS).stat().st_size / 1e6
-    (out / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, str(out_dir)), encoding="utf-8")
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.absolute().parent))
+    old: Path | None = None
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the model directory gets a plain mkdir's mode
+        config = save_model_dir(tmp, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)})
+        mb = (tmp / WEIGHTS).stat().st_size / 1e6
+        (tmp / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, str(out_dir)), encoding="utf-8")
+        written = sorted(x for x in os.listdir(tmp) if x != MANIFEST)
+        record_owned(tmp, EXPORT_TOOL, written)
+        for fd_path in [tmp / x for x in written] + [tmp]:
+            _fsync(fd_path)
+        foreign = _foreign_entries(out, overwrite)  # again: the folder may have changed meanwhile
+        moved = []
+        try:
+            for x in foreign:
+                if x not in written:
+                    os.rename(out / x, tmp / x)  # the user's files go along into the new directory
+                    moved.append(x)
+            if os.path.lexists(out):
+                old = out.absolute().parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
+                os.rename(out, old)
+            os.rename(tmp, out)
+        except BaseException:
+            if old is not None and not os.path.lexists(out):
+                os.rename(old, out)
+                old = None
+            for x in moved:
+                os.rename(tmp / x, out / x)
+            raise
+        _fsync(out.absolute().parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     log.info("exported %s -> %s (%s, %.1f MB of weights)", ckpt, out, dtype, mb)
     return config
 
 
+def _fsync(path: Path) -> None:
+    """fsync a file or folder (best effort: a file system without it is not an error)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console script ``asr-export ckpt=... out_dir=... [dtype=float16] [decode_dirs=[...]] [name=...] [license=...]``."""
+    """Console script ``asr-export ckpt=... out_dir=... [dtype=float16] [decode_dirs=[...]] [name=...] [license=...]
+    [overwrite=true]``. A refused ``out_dir``, a missing or unsafe checkpoint, or a failed write ends it with one line
+    ``asr-export: <path>: <reason>`` on stderr, exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    defaults = {"ckpt": None, "out_dir": None, "dtype": "float32", "decode_dirs": [], "name": None, "license": "apache-2.0", "data_license": None, "note": ""}
+    defaults = {"ckpt": None, "out_dir": None, "dtype": "float32", "decode_dirs": [], "name": None, "license": "apache-2.0", "data_license": None, "note": "",
+                "overwrite": False}
     cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv)))
     if not cfg.ckpt or not cfg.out_dir:
         raise SystemExit("asr-export needs ckpt=<checkpoint> out_dir=<model directory>")
-    export(cfg.ckpt, cfg.out_dir, cfg.dtype, list(cfg.decode_dirs or []), cfg.name, cfg.license, cfg.data_license, cfg.note)
-    print(f"{cfg.out_dir}: {', '.join(p.name for p in sorted(Path(cfg.out_dir).iterdir()))}")
+    try:
+        export(cfg.ckpt, cfg.out_dir, cfg.dtype, list(cfg.decode_dirs or []), cfg.name, cfg.license, cfg.data_license, cfg.note, overwrite=bool(cfg.overwrite))
+    except OSError as exc:
+        print(f"asr-export: {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"asr-export: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as exc:
+        print(f"asr-export: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{cfg.out_dir}: {', '.join(p.name for p in sorted(Path(cfg.out_dir).iterdir()) if p.name != MANIFEST)}")
 
 
 if __name__ == "__main__":

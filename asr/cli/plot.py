@@ -15,11 +15,17 @@ last row = the step that emitted ``<eos>``) and ``meta.json`` (``frame_shift_s``
 ``attention``). Encoder frame ``s`` starts at ``s * frame_shift_s * subsampling`` seconds.
 
 Config: ``conf/plot.yaml``; Hydra creates no ``outputs/`` folder and does not change the cwd.
+
+The plot folder records the files ``asr-plot`` wrote (``<out_dir>/.asr-owned.json``, :mod:`asr.utils.owned`): runs
+add to it (a plot of the same name is replaced, nothing is removed), and ``asr-decode`` removes those files, and
+only those, when it re-decodes the folder. A non-empty ``out_dir`` without that manifest is refused unless
+``overwrite=true``. Every error is one line ``asr-plot: <path>: <reason>`` on stderr, exit status 2.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +37,17 @@ from omegaconf import DictConfig
 from asr.decoding.longform import expand_segments
 from asr.decoding.results import attention_ids, read_attention, read_meta, read_results
 from asr.metrics.wer import normalize_whitespace, per_utterance
+from asr.utils.owned import OwnedOutput, check_output_dir
 from asr.utils.paths import CONF_DIR
 from asr.viz.alignment import plot_alignment, plot_comparison, utterance_title
 
-__all__ = ["read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", "plot_compare", "safe_file_stem", "main"]
+__all__ = ["PLOT_TOOL", "read_meta", "select_utts", "plot_decode_dir", "choose_compare_utt", "plot_compare", "safe_file_stem", "main"]
 
 log = logging.getLogger(__name__)
 
 EOS = "<eos>"
+#: The tool name in the ownership manifest of ``asr-plot``'s output folder (:mod:`asr.utils.owned`).
+PLOT_TOOL = "asr-plot"
 
 
 def _seconds_per_frame(meta: dict[str, Any]) -> float:
@@ -361,25 +370,34 @@ def plot_compare(
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="plot")
 def main(cfg: DictConfig) -> None:
-    """Console entry point ``asr-plot`` (config ``conf/plot.yaml``)."""
+    """Console entry point ``asr-plot`` (config ``conf/plot.yaml``). A refused ``out_dir`` or a malformed decode
+    folder ends it with one line ``asr-plot: <path>: <reason>`` on stderr, exit status 2."""
     compare_dirs = list(cfg.compare_dirs or [])
     if cfg.decode_dir is None and not compare_dirs:
         raise SystemExit("asr-plot: set decode_dir=<dir> and/or compare_dirs=[<dir>,<dir>,...]")
+    overwrite = bool(cfg.get("overwrite", False))
     paths: list[Path] = []
-    if cfg.decode_dir is not None:
-        out_dir = cfg.out_dir if cfg.out_dir is not None else Path(cfg.decode_dir) / "plots"
-        paths += plot_decode_dir(
-            cfg.decode_dir, [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), out_dir, first_n=int(cfg.first_n)
-        )
-        if cfg.get("heads"):
-            chosen = select_utts(read_results(cfg.decode_dir), [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), int(cfg.first_n))
-            paths += plot_head_grids(cfg.decode_dir, chosen, cfg.get("feats"), out_dir, cfg.get("ckpt"))
-    if compare_dirs:
-        utt = cfg.compare_utt if cfg.compare_utt is None else str(cfg.compare_utt)
-        if utt is None:
-            utt = choose_compare_utt(compare_dirs)
-        base = Path(cfg.out_dir) if cfg.out_dir is not None else Path(compare_dirs[0]) / "plots"
-        paths.append(plot_compare(compare_dirs, list(cfg.compare_labels or []), utt, base / f"compare_{safe_file_stem(utt)}.png"))
+    try:
+        if cfg.decode_dir is not None:
+            out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else Path(cfg.decode_dir) / "plots"
+            check_output_dir(out_dir, PLOT_TOOL, overwrite)
+            with OwnedOutput(out_dir, PLOT_TOOL, overwrite, clean=False):
+                paths += plot_decode_dir(
+                    cfg.decode_dir, [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), out_dir, first_n=int(cfg.first_n)
+                )
+                if cfg.get("heads"):
+                    chosen = select_utts(read_results(cfg.decode_dir), [str(u) for u in cfg.utt_ids or []], int(cfg.worst_n), int(cfg.first_n))
+                    paths += plot_head_grids(cfg.decode_dir, chosen, cfg.get("feats"), out_dir, cfg.get("ckpt"))
+        if compare_dirs:
+            utt = cfg.compare_utt if cfg.compare_utt is None else str(cfg.compare_utt)
+            if utt is None:
+                utt = choose_compare_utt(compare_dirs)
+            base = Path(cfg.out_dir) if cfg.out_dir is not None else Path(compare_dirs[0]) / "plots"
+            with OwnedOutput(base, PLOT_TOOL, overwrite, clean=False):
+                paths.append(plot_compare(compare_dirs, list(cfg.compare_labels or []), utt, base / f"compare_{safe_file_stem(utt)}.png"))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"asr-plot: {exc}", file=sys.stderr)
+        sys.exit(2)
     for p in paths:
         print(p, flush=True)
 

@@ -14,6 +14,13 @@ missing, ``ref.trn`` + ``hyp.trn`` (sclite trn). Writes to ``out_dir`` (default
 * ``per_utt.txt``: per-utterance alignments, most word errors first;
 
 and prints one summary line. Scoring follows sclite conventions via jiwer (`asr.metrics.wer`).
+
+``out_dir`` is the tool's only where it wrote the files (``<out_dir>/.asr-owned.json``, :mod:`asr.utils.owned`):
+a re-run replaces them, and ``asr-decode`` removes them when it re-decodes the folder; a non-empty ``out_dir``
+without that manifest is refused unless ``overwrite=true`` (then only the three names above are replaced).
+Every error (a malformed ``results.jsonl`` line, e.g. a ``ref``/``hyp`` that is not a string; a results file
+without utterances: "nothing to score"; a refused ``out_dir``) is one line ``asr-score: <path>: <reason>`` on
+stderr, exit status 2.
 Config: ``conf/score.yaml``; Hydra creates no ``outputs/`` folder and does not change the cwd.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +37,10 @@ from omegaconf import DictConfig
 
 from asr.decoding.results import read_errors, read_results
 from asr.metrics.wer import ErrorCounts, ScoreResult, per_utterance, read_trn, score
+from asr.utils.owned import OwnedOutput, check_output_dir
 from asr.utils.paths import CONF_DIR
 
-__all__ = ["read_results", "load_ref_hyp", "read_coverage", "score_decode_dir", "summary_line", "main", "DEFAULT_MAX_MISSING_FRACTION"]
+__all__ = ["SCORE_TOOL", "read_results", "load_ref_hyp", "read_coverage", "score_decode_dir", "summary_line", "main", "DEFAULT_MAX_MISSING_FRACTION"]
 
 #: Default limit on the fraction of expected utterances without a hypothesis (unreadable inputs listed in
 #: ``errors.tsv``, ids missing from ``hyp.trn``) above which scoring fails instead of reporting a WER over
@@ -39,6 +48,9 @@ __all__ = ["read_results", "load_ref_hyp", "read_coverage", "score_decode_dir", 
 DEFAULT_MAX_MISSING_FRACTION = 0.05
 
 log = logging.getLogger(__name__)
+
+#: The tool name in the ownership manifest of ``asr-score``'s output folder (:mod:`asr.utils.owned`).
+SCORE_TOOL = "asr-score"
 
 
 def load_ref_hyp(decode_dir: str | Path) -> tuple[list[str], list[str], list[str]]:
@@ -53,7 +65,8 @@ def load_ref_hyp(decode_dir: str | Path) -> tuple[list[str], list[str], list[str
     FileNotFoundError
         If neither ``results.jsonl`` nor both trn files exist.
     ValueError
-        If ``hyp.trn`` has ids absent from ``ref.trn``, or a file is malformed.
+        If ``hyp.trn`` has ids absent from ``ref.trn``, or a file is malformed (e.g. a ``results.jsonl`` line whose
+        ``ref``/``hyp`` is not a string; the message names the file and line).
     """
     ids, refs, hyps, _, extra = _load(decode_dir)
     if extra:
@@ -172,7 +185,7 @@ def _per_utt_listing(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None, max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION) -> ScoreResult:
+def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None, max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION, overwrite: bool = False) -> ScoreResult:
     """Score a decode directory and write ``wer.json``, ``result.txt`` and ``per_utt.txt``.
 
     Parameters
@@ -184,6 +197,8 @@ def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None, 
     max_missing_fraction : float
         Most utterances (fraction of those expected) that may lack a hypothesis: unreadable (``errors.tsv``)
         or missing from ``hyp.trn``. Ids only in ``hyp.trn`` are reported and ignored.
+    overwrite : bool
+        Write into a non-empty ``out_dir`` that no ``asr-score`` wrote (its other files stay).
 
     Returns
     -------
@@ -195,18 +210,25 @@ def score_decode_dir(decode_dir: str | Path, out_dir: str | Path | None = None, 
     ------
     FileNotFoundError, ValueError
         See `load_ref_hyp`; ``max_missing_fraction`` not a number in [0, 1]; more than
-        ``max_missing_fraction`` of the expected utterances without hypothesis (nothing is written then).
+        ``max_missing_fraction`` of the expected utterances without hypothesis (nothing is written then); no
+        utterance to score ("nothing to score", the message names the file).
+    asr.utils.owned.OutputDirError
+        ``out_dir`` is not empty, has no ownership manifest and ``overwrite`` is false (a ``ValueError``).
     """
-    return _score(decode_dir, out_dir, max_missing_fraction)[0]
+    return _score(decode_dir, out_dir, max_missing_fraction, overwrite)[0]
 
 
-def _score(decode_dir: str | Path, out_dir: str | Path | None, max_missing_fraction: float) -> tuple[ScoreResult, dict[str, Any]]:
+def _score(decode_dir: str | Path, out_dir: str | Path | None, max_missing_fraction: float, overwrite: bool = False) -> tuple[ScoreResult, dict[str, Any]]:
     """:func:`score_decode_dir`, also returning the coverage (:func:`read_coverage`)."""
     if isinstance(max_missing_fraction, bool) or not isinstance(max_missing_fraction, (int, float)) or not 0.0 <= max_missing_fraction <= 1.0:
         raise ValueError(f"max_missing_fraction must be a number in [0, 1], got {max_missing_fraction!r}")
     decode_dir = Path(decode_dir)
     out = Path(out_dir) if out_dir is not None else decode_dir / "scoring"
+    check_output_dir(out, SCORE_TOOL, overwrite)
     ids, refs, hyps, missing, extra = _load(decode_dir)
+    if not ids:
+        src = decode_dir / "results.jsonl" if (decode_dir / "results.jsonl").is_file() else decode_dir / "ref.trn"
+        raise ValueError(f"{src}: nothing to score (no utterances)")
     cov = read_coverage(decode_dir, len(ids), missing, extra)
     if cov["missing_fraction"] > max_missing_fraction:
         raise ValueError(
@@ -218,22 +240,24 @@ def _score(decode_dir: str | Path, out_dir: str | Path | None, max_missing_fract
         log.warning("%s: %d utterance(s) in hyp.trn but not in ref.trn, ignored, e.g. %s", decode_dir, len(extra), extra[:3])
     result = score(refs, hyps)
     rows = per_utterance(refs, hyps, ids)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {**result.as_dict(), "coverage": cov, "units": "wer/cer/ser in percent", "decode_dir": str(decode_dir)}
-    (out / "wer.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     note = _coverage_note(cov)
-    (out / "result.txt").write_text(_result_table(result, decode_dir) + (f"\n{note}\n" if note else ""), encoding="utf-8")
-    (out / "per_utt.txt").write_text(_per_utt_listing(rows), encoding="utf-8")
+    with OwnedOutput(out, SCORE_TOOL, overwrite):
+        (out / "wer.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        (out / "result.txt").write_text(_result_table(result, decode_dir) + (f"\n{note}\n" if note else ""), encoding="utf-8")
+        (out / "per_utt.txt").write_text(_per_utt_listing(rows), encoding="utf-8")
     return result, cov
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="score")
 def main(cfg: DictConfig) -> None:
-    """Console entry point ``asr-score`` (config ``conf/score.yaml``)."""
+    """Console entry point ``asr-score`` (config ``conf/score.yaml``); an error is one line
+    ``asr-score: <path>: <reason>`` on stderr, exit status 2."""
     try:
-        result, cov = _score(cfg.decode_dir, cfg.out_dir, cfg.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION))
-    except ValueError as exc:
-        raise SystemExit(f"asr-score: {exc}") from None
+        result, cov = _score(cfg.decode_dir, cfg.out_dir, cfg.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION), bool(cfg.get("overwrite", False)))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"asr-score: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(summary_line(result, cfg.decode_dir, cov), flush=True)
 
 

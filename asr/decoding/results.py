@@ -22,7 +22,10 @@ A decode folder holds:
   of its input file (:data:`INPUT_KEY`, :func:`input_signature`), so a file changed at the same path is decoded
   again on resume;
 * ``.decode.lock``: held (``flock``) by the decode writing the folder (:class:`OutDirLock`); a new decode first
-  removes the final files of an earlier one (:data:`OWNED_FILES`, :data:`OWNED_DIRS`, :func:`remove_stale_outputs`).
+  removes the final files of an earlier one (:data:`OWNED_FILES`, :data:`OWNED_DIRS`, :func:`remove_stale_outputs`),
+  only those that the folder's ownership manifest lists;
+* ``.asr-owned.json``: that manifest (:mod:`asr.utils.owned`): the files the decode wrote. A non-empty folder
+  without one is refused unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -42,12 +47,13 @@ import numpy as np
 from asr.decoding.search import DecodingOptions, Hypothesis
 from asr.metrics.wer import write_trn
 from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
+from asr.utils.owned import MANIFEST, OutputDirError, claim_output_dir, owned_entries, read_manifest, record_owned, remove_owned
 
 __all__ = [
     "RESULTS", "ATTENTION", "META", "ERRORS", "PARTIAL_RESULTS", "PARTIAL_DIR", "UNRECORDED_OPTIONS",
     "hypothesis_row", "attention_matrix", "build_meta", "write_meta", "read_meta", "read_results", "read_attention", "attention_ids",
     "write_errors", "read_errors", "write_final", "save_batch", "load_partial", "remove_partial", "write_partial_settings",
-    "SEGMENTS", "INPUT_KEY", "LOCK_FILE", "OWNED_FILES", "OWNED_DIRS", "OutDirLock", "remove_stale_outputs", "input_signature",
+    "SEGMENTS", "INPUT_KEY", "LOCK_FILE", "OWNED_FILES", "OWNED_DIRS", "DECODE_TOOL", "RESUME_NAMES", "SHARDS_DIR", "SIGNATURE_BLOCK", "OutDirLock", "remove_stale_outputs", "input_signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,11 +68,20 @@ SEGMENTS = "segments.jsonl"
 #: Key of a partial row holding its input file's :func:`input_signature` (left out of ``results.jsonl``).
 INPUT_KEY = "_input"
 LOCK_FILE = ".decode.lock"
-#: Final outputs a decode owns in its folder (removed when a new decode starts, so that no file of an
-#: earlier run is left next to the new results): files, then folders (``asr-score``/``asr-plot``/``asr-inspect``
-#: outputs).
+#: Bytes hashed at each end of an input file by :func:`input_signature`.
+SIGNATURE_BLOCK = 64 * 1024
+#: Final outputs a decode writes in its folder: files, then the folders other tools write about its results
+#: (``asr-score``/``asr-plot``/``asr-inspect`` outputs). A new decode removes those of an earlier one that the
+#: folder's ownership manifest lists (:func:`remove_stale_outputs`), so that no file of an earlier run is left
+#: next to the new results, and nothing else.
 OWNED_FILES = (RESULTS, ATTENTION, "hyp.trn", "ref.trn", ERRORS, META, SEGMENTS)
 OWNED_DIRS = ("scoring", "plots", "report")
+#: The tool name of a decode in an output folder's manifest (:mod:`asr.utils.owned`).
+DECODE_TOOL = "asr-decode"
+#: The parts of a parallel decode (:mod:`asr.decoding.parallel`).
+SHARDS_DIR = ".shards"
+#: A decode's own working files, left to the resume logic and ignored when deciding whether a folder is empty.
+RESUME_NAMES = (LOCK_FILE, PARTIAL_DIR, PARTIAL_RESULTS, SHARDS_DIR)
 
 #: Search options of decode folders written before ``meta.json`` recorded them: the values those decodes used
 #: (``conf/decode.yaml`` of the time; no joint CTC decoding existed before ``ctc_weight`` was recorded, no end
@@ -109,7 +124,9 @@ def build_meta(opts: DecodingOptions, **fields: Any) -> dict[str, Any]:
 
 def write_meta(meta: Mapping[str, Any], decode_dir: str | Path) -> Path:
     """Write ``<decode_dir>/meta.json`` atomically."""
-    return atomic_write_text(json.dumps(dict(meta), indent=2) + "\n", Path(decode_dir) / META)
+    path = atomic_write_text(json.dumps(dict(meta), indent=2) + "\n", Path(decode_dir) / META)
+    _record(Path(decode_dir), META)
+    return path
 
 
 def read_meta(decode_dir: str | Path) -> dict[str, Any]:
@@ -149,8 +166,8 @@ def read_results(decode_dir: str | Path) -> list[dict[str, Any]]:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If a line is not JSON, lacks ``utt_id``/``ref``/``hyp``, or an utt id repeats (the message
-        names the file and line).
+        If a line is not a JSON object, lacks ``utt_id``/``ref``/``hyp`` or has one that is not a string, or an
+        utt id repeats (the message names the file and line: ``<path>:<line>: <reason>``).
     """
     path = Path(decode_dir) / RESULTS
     rows: list[dict[str, Any]] = []
@@ -163,9 +180,14 @@ def read_results(decode_dir: str | Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: not a JSON object")
             missing = [k for k in ("utt_id", "ref", "hyp") if k not in row]
             if missing:
                 raise ValueError(f"{path}:{lineno}: missing key(s) {missing}")
+            bad = [f"{k} is {type(row[k]).__name__}" for k in ("utt_id", "ref", "hyp") if not isinstance(row[k], str)]
+            if bad:
+                raise ValueError(f"{path}:{lineno}: {', '.join(bad)}, not a string")
             if row["utt_id"] in seen:
                 raise ValueError(f"{path}:{lineno}: duplicate utt_id {row['utt_id']!r}")
             seen.add(row["utt_id"])
@@ -207,6 +229,7 @@ def write_errors(errors: list[tuple[str, str]], out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / ERRORS)
+    _record(out_dir, ERRORS)
 
 
 def read_errors(decode_dir: str | Path) -> list[tuple[str, str]]:
@@ -233,20 +256,47 @@ def write_final(out_dir: str | Path, rows: Mapping[str, dict], atts: Mapping[str
         np.savez_compressed(f, **{u: atts[u] for u in sorted(atts)})
     write_trn(out_dir / "hyp.trn", {u: clean[u]["hyp"] for u in ids})
     write_trn(out_dir / "ref.trn", {u: clean[u]["ref"] for u in ids})
+    _record(out_dir, RESULTS, ATTENTION, "hyp.trn", "ref.trn")
     if segment_lines:
         atomic_write_text("".join(json.dumps(x) + "\n" for x in segment_lines), out_dir / SEGMENTS)
+        _record(out_dir, SEGMENTS)
     return ids
 
 
 # ---- input signatures, lock, stale outputs -------------------------------------------------------------
 def input_signature(path: str | Path) -> str:
-    """``"<size>:<mtime_ns>"`` of a file (following symlinks), ``""`` when it cannot be stat'ed: part of the
-    resume key, so that a result is not reused for a changed file at the same path."""
+    """Content signature of an input file (following symlinks), part of the resume key, so that a stored result
+    is not reused for other content at the same path: ``"<size>:<sha256>"``, the SHA-256 of the size and of the
+    first and last 64 KiB blocks (:data:`SIGNATURE_BLOCK`; the whole file when it is at most 128 KiB). Not the
+    modification time: swapping two files' contents while keeping sizes and mtimes still changes both keys. A
+    change confined to the middle of a file longer than 128 KiB, keeping its size, goes unnoticed (audio edits
+    move the data, the header or the end; hashing the whole of every file would cost a full read per resume).
+    A file that is not regular (FIFO, device) is not read: ``"special:<mode>:<size>:<mtime_ns>"``. ``""`` when
+    the file cannot be stat'ed or read.
+    """
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        return f"special:{st.st_mode:o}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"special:{st.st_mode:o}:{st.st_size}:{st.st_mtime_ns}"
+        h = hashlib.sha256(f"{st.st_size}\n".encode())
+        with os.fdopen(os.dup(fd), "rb") as f:
+            h.update(f.read(SIGNATURE_BLOCK))
+            if st.st_size > SIGNATURE_BLOCK:
+                f.seek(max(SIGNATURE_BLOCK, st.st_size - SIGNATURE_BLOCK))
+                h.update(f.read(SIGNATURE_BLOCK))
+        return f"{st.st_size}:{h.hexdigest()}"
     except OSError:
         return ""
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    finally:
+        os.close(fd)
 
 
 class OutDirLock:
@@ -285,22 +335,75 @@ class OutDirLock:
             self.fd = None
 
 
-def remove_stale_outputs(out_dir: str | Path) -> list[str]:
-    """Remove the final outputs of an earlier decode of ``out_dir`` (:data:`OWNED_FILES`, :data:`OWNED_DIRS`);
-    the partial files used for resuming are left alone. Returns the names removed."""
+def remove_stale_outputs(out_dir: str | Path, *, overwrite: bool = False) -> list[str]:
+    """Prepare ``out_dir`` for a new decode (call it holding :class:`OutDirLock`): remove the final outputs an
+    earlier decode wrote there, and only those (:mod:`asr.utils.owned`).
+
+    The decode owns the files its manifest (``.asr-owned.json``, tool ``asr-decode``) lists: those are removed,
+    and the manifest is written at once (claiming the folder), the final files being added as they are written
+    (:func:`write_final`, :func:`write_errors`, :func:`write_meta`). Each of :data:`OWNED_DIRS` (``scoring/``,
+    ``plots/``, ``report/``: ``asr-score``/``asr-plot``/``asr-inspect`` outputs about the earlier results) loses
+    the files its own manifest lists and is removed once empty; one without a manifest (the user's) is left
+    alone, with a warning. Files the decode does not own are never removed. The decode's resume files
+    (:data:`LOCK_FILE`, :data:`PARTIAL_DIR`, :data:`PARTIAL_RESULTS`, :data:`SHARDS_DIR`) are left alone and
+    do not count when deciding whether the folder is empty.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The decode folder (created when missing).
+    overwrite : bool
+        Decode into a non-empty folder without a manifest (a folder the user made, or a decode folder of a
+        version without manifests): nothing there is removed, the decode's own names are replaced.
+
+    Returns
+    -------
+    list of str
+        The entries removed (folders with a trailing ``/``).
+
+    Raises
+    ------
+    asr.utils.owned.OutputDirError
+        ``out_dir`` is not empty (resume files aside), has no manifest and ``overwrite`` is false (a
+        ``ValueError``; the message is ``<out_dir>: <reason>``), or its manifest is unreadable.
+    """
     out_dir = Path(out_dir)
-    removed = []
-    for name in OWNED_FILES:
-        if (out_dir / name).is_file():
-            (out_dir / name).unlink()
-            removed.append(name)
+    try:
+        removed = claim_output_dir(out_dir, DECODE_TOOL, overwrite=overwrite, ignore=RESUME_NAMES)
+    except OutputDirError:
+        _drop_own_lock(out_dir)
+        raise
     for name in OWNED_DIRS:
-        if (out_dir / name).is_dir():
-            shutil.rmtree(out_dir / name)
+        sub = out_dir / name
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        if read_manifest(sub) is None:
+            log.warning("%s was not written by an asr tool: left alone (it may describe earlier results)", sub)
+            continue
+        removed += [f"{name}/{e}" for e in remove_owned(sub)]
+        if not any(owned_entries(sub)) and [x.name for x in sub.iterdir()] == [MANIFEST]:
+            (sub / MANIFEST).unlink()
+            sub.rmdir()
             removed.append(name + "/")
     if removed:
-        log.info("removed earlier outputs from %s: %s", out_dir, ", ".join(removed))
+        log.info("removed earlier outputs from %s: %s", out_dir, ", ".join(removed[:20]) + (", ..." if len(removed) > 20 else ""))
     return removed
+
+
+def _drop_own_lock(out_dir: Path) -> None:
+    """Remove ``out_dir``'s lock file when this process wrote it (:class:`OutDirLock`), so that a refused folder
+    keeps no file of the decode."""
+    lock = out_dir / LOCK_FILE
+    try:
+        if lock.read_text(encoding="utf-8", errors="replace").strip() == str(os.getpid()):
+            lock.unlink()
+    except OSError:
+        pass
+
+
+def _record(out_dir: Path, *names: str) -> None:
+    """Add ``names`` to the decode's entries in ``out_dir``'s manifest (:mod:`asr.utils.owned`)."""
+    record_owned(out_dir, DECODE_TOOL, names)
 
 
 # ---- partial files (resuming) ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from asr.cli.plot import EOS, safe_file_stem
 from asr.decoding.results import ATTENTION, read_attention, read_meta, read_results
 from asr.metrics.wer import per_utterance, score
+from asr.utils.owned import OwnedOutput, check_output_dir
 from asr.viz.alignment import _draw, _save_png
 from asr.viz.diagnostics import (
     DIAGNOSTICS,
@@ -55,11 +56,13 @@ from asr.viz.diagnostics import (
     word_error_classes,
 )
 
-__all__ = ["ModelOutputs", "model_pass", "utterance_figure", "build_report"]
+__all__ = ["ModelOutputs", "model_pass", "utterance_figure", "build_report", "REPORT_TOOL"]
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
+#: The report's tool name in its folder's ownership manifest (:mod:`asr.utils.owned`).
+REPORT_TOOL = "asr-inspect"
 SAMPLE_RATE = 16000
 FIG_DPI = 90  # utterance figures: 900 px wide
 
@@ -394,6 +397,7 @@ def build_report(
     use_model: bool = True,
     audio: bool = True,
     jobs: int = 2,
+    overwrite: bool = False,
 ) -> Path:
     """Write the HTML alignment report of a decode directory (module docstring for the layout).
 
@@ -402,7 +406,8 @@ def build_report(
     decode_dir : str or Path
         ``asr-decode`` output (``results.jsonl``, ``attention.npz``, ``meta.json``).
     out_dir : str or Path, optional
-        Report folder; default ``<decode_dir>/report``. Files of an earlier report there are replaced.
+        Report folder; default ``<decode_dir>/report``. The files an earlier report wrote there (listed in the
+        folder's ownership manifest ``.asr-owned.json``, :mod:`asr.utils.owned`) are removed first; nothing else is.
     data_dir : str or Path, optional
         The decoded Kaldi data dir: speakers, durations, audio (copied as WAV) and, without ``feats``, fbank.
         Without it the report has no audio, no spectrogram, and every encoder frame counts as speech.
@@ -418,6 +423,9 @@ def build_report(
         Copy the audio into the report.
     jobs : int
         Processes rendering the utterance figures (1: in this process).
+    overwrite : bool
+        Write into a non-empty ``out_dir`` that no ``asr-inspect`` wrote (no manifest): its files stay, files of
+        the report's names (``index.html``, ``utts/<id>.html``, ...) are replaced.
 
     Returns
     -------
@@ -432,10 +440,14 @@ def build_report(
     ValueError
         Attention missing for an utterance or of the wrong shape (the message names it), a malformed decode
         directory or data dir.
+    asr.utils.owned.OutputDirError
+        ``out_dir`` is not empty, was not written by ``asr-inspect`` and ``overwrite`` is false (checked first;
+        a ``ValueError`` whose message is ``<out_dir>: <reason>``).
     """
     t0 = time.perf_counter()
     d = Path(decode_dir)
     out = Path(out_dir) if out_dir is not None else d / "report"
+    check_output_dir(out, REPORT_TOOL, overwrite)
     rows = read_results(d)
     long_form = [r["utt_id"] for r in rows if r.get("segments")]
     if long_form:
@@ -472,116 +484,119 @@ def build_report(
 
     stats = {s["utt_id"]: s for s in per_utterance([r["ref"] for r in rows], [r["hyp"] for r in rows], [r["utt_id"] for r in rows])}
     corpus = score([r["ref"] for r in rows], [r["hyp"] for r in rows]).as_dict()
-    for sub in ("utts", "figures", "assets", "audio"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
-        (out / sub).mkdir(parents=True)
-    for name in ("report.css", "report.js"):
-        shutil.copyfile(TEMPLATES / name, out / "assets" / name)
+    # Only what an earlier asr-inspect wrote here is removed (its manifest); a user's files stay (asr.utils.owned).
+    owner = OwnedOutput(out, REPORT_TOOL, overwrite).__enter__()
+    try:
+        for sub in ("utts", "figures", "assets", "audio"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        for name in ("report.css", "report.js"):
+            shutil.copyfile(TEMPLATES / name, out / "assets" / name)
 
-    utts: list[dict[str, Any]] = []
-    jobs_list = []
-    classes: Counter = Counter()
-    confusions: Counter = Counter()
-    for r in rows:
-        u = r["utt_id"]
-        st = stats[u]
-        w = atts[u]
-        S = w.shape[1]
-        pieces = [str(p) for p in r.get("tokens", [])] + [EOS]
-        fb = fbanks.get(u)
-        fb_np = None if fb is None else np.asarray(fb, dtype=np.float32)
-        sp = speech_frames(fb_np, int(meta["subsampling"]), S) if fb_np is not None else None
-        diag = attention_diagnostics(w, sp).as_dict()
-        mo = outs.get(u, ModelOutputs())
-        peaks = peak_frames(w)
-        ent = row_entropy(w)
-        spikes: list[int | None] = [None] * len(pieces)
-        diag["ctc_edit"] = diag["ctc_offset"] = None
-        if mo.ctc_pieces is not None:
-            edit, offset, sp_tok = ctc_disagreement(pieces[:-1], peaks[:-1], mo.ctc_pieces, mo.ctc_frames)
-            diag["ctc_edit"], diag["ctc_offset"] = edit, offset
-            spikes = sp_tok + [None]
-        classes.update(word_error_classes(st["steps"]))
-        for op, a, b in st["steps"]:
-            if op != "C":
-                confusions[(op, a or "", b or "")] += 1
-        info = utt_info.get(u)
-        stem = safe_file_stem(u)
-        duration = info.duration if info is not None and info.duration else r.get("n_frames", S * int(meta["subsampling"])) * shift
-        tokens_table = [
-            {"i": i, "piece": p, "peak_s": (peaks[i] + 0.5) * spf, "entropy": float(ent[i]),
-             "logprob": None if mo.token_logprob is None else float(mo.token_logprob[i]),
-             "ctc_s": None if spikes[i] is None else (spikes[i] + 0.5) * spf}
-            for i, p in enumerate(pieces)
-        ]
-        audio_rel = None
-        if audio and info is not None:
-            import soundfile as sf
+        utts: list[dict[str, Any]] = []
+        jobs_list = []
+        classes: Counter = Counter()
+        confusions: Counter = Counter()
+        for r in rows:
+            u = r["utt_id"]
+            st = stats[u]
+            w = atts[u]
+            S = w.shape[1]
+            pieces = [str(p) for p in r.get("tokens", [])] + [EOS]
+            fb = fbanks.get(u)
+            fb_np = None if fb is None else np.asarray(fb, dtype=np.float32)
+            sp = speech_frames(fb_np, int(meta["subsampling"]), S) if fb_np is not None else None
+            diag = attention_diagnostics(w, sp).as_dict()
+            mo = outs.get(u, ModelOutputs())
+            peaks = peak_frames(w)
+            ent = row_entropy(w)
+            spikes: list[int | None] = [None] * len(pieces)
+            diag["ctc_edit"] = diag["ctc_offset"] = None
+            if mo.ctc_pieces is not None:
+                edit, offset, sp_tok = ctc_disagreement(pieces[:-1], peaks[:-1], mo.ctc_pieces, mo.ctc_frames)
+                diag["ctc_edit"], diag["ctc_offset"] = edit, offset
+                spikes = sp_tok + [None]
+            classes.update(word_error_classes(st["steps"]))
+            for op, a, b in st["steps"]:
+                if op != "C":
+                    confusions[(op, a or "", b or "")] += 1
+            info = utt_info.get(u)
+            stem = safe_file_stem(u)
+            duration = info.duration if info is not None and info.duration else r.get("n_frames", S * int(meta["subsampling"])) * shift
+            tokens_table = [
+                {"i": i, "piece": p, "peak_s": (peaks[i] + 0.5) * spf, "entropy": float(ent[i]),
+                 "logprob": None if mo.token_logprob is None else float(mo.token_logprob[i]),
+                 "ctc_s": None if spikes[i] is None else (spikes[i] + 0.5) * spf}
+                for i, p in enumerate(pieces)
+            ]
+            audio_rel = None
+            if audio and info is not None:
+                import soundfile as sf
 
-            from asr.features.audio import load_audio
+                from asr.features.audio import load_audio
 
-            sf.write(out / "audio" / f"{stem}.wav", load_audio(info.wav, SAMPLE_RATE).numpy(), SAMPLE_RATE, subtype="PCM_16")
-            audio_rel = f"../audio/{stem}.wav"
-        utts.append({
-            "utt_id": u, "stem": stem, "speaker": info.speaker if info is not None else "", "duration": float(duration),
-            "n_tokens": len(pieces) - 1, "wer": None if st["wer"] is None else 100.0 * st["wer"],
-            "cer": None if st["cer"] is None else 100.0 * st["cer"], "errors": st["errors"], "n_ref": st["n_ref"],
-            "sub": st["sub"], "del": st["del"], "ins": st["ins"],
-            "score": r.get("score"), "ref": st["ref"], "hyp": st["hyp"], "steps": st["steps"], "diag": diag,
-            "tokens": tokens_table, "audio": audio_rel, "figure": f"{stem}.png",
-            "heads": f"{stem}_heads.png" if mo.heads is not None else None,
-        })
-        kwargs = {"weights": w, "tokens": pieces, "seconds_per_frame": spf, "fbank": fb_np, "frame_shift_s": shift,
-                  "ctc": (mo.ctc_pieces, mo.ctc_frames) if mo.ctc_pieces is not None else None,
-                  "forced": (mo.forced, mo.forced_pieces) if mo.forced is not None else None}
-        heads = (mo.heads, pieces, out / "utts" / f"{stem}_heads.png", shift, int(meta["subsampling"]), u) if mo.heads is not None else None
-        jobs_list.append((out / "utts" / f"{stem}.png", kwargs, heads))
+                sf.write(out / "audio" / f"{stem}.wav", load_audio(info.wav, SAMPLE_RATE).numpy(), SAMPLE_RATE, subtype="PCM_16")
+                audio_rel = f"../audio/{stem}.wav"
+            utts.append({
+                "utt_id": u, "stem": stem, "speaker": info.speaker if info is not None else "", "duration": float(duration),
+                "n_tokens": len(pieces) - 1, "wer": None if st["wer"] is None else 100.0 * st["wer"],
+                "cer": None if st["cer"] is None else 100.0 * st["cer"], "errors": st["errors"], "n_ref": st["n_ref"],
+                "sub": st["sub"], "del": st["del"], "ins": st["ins"],
+                "score": r.get("score"), "ref": st["ref"], "hyp": st["hyp"], "steps": st["steps"], "diag": diag,
+                "tokens": tokens_table, "audio": audio_rel, "figure": f"{stem}.png",
+                "heads": f"{stem}_heads.png" if mo.heads is not None else None,
+            })
+            kwargs = {"weights": w, "tokens": pieces, "seconds_per_frame": spf, "fbank": fb_np, "frame_shift_s": shift,
+                      "ctc": (mo.ctc_pieces, mo.ctc_frames) if mo.ctc_pieces is not None else None,
+                      "forced": (mo.forced, mo.forced_pieces) if mo.forced is not None else None}
+            heads = (mo.heads, pieces, out / "utts" / f"{stem}_heads.png", shift, int(meta["subsampling"]), u) if mo.heads is not None else None
+            jobs_list.append((out / "utts" / f"{stem}.png", kwargs, heads))
 
-    t_pages = time.perf_counter()
-    if jobs > 1 and len(jobs_list) > 8:
-        with ProcessPoolExecutor(max_workers=jobs) as ex:
-            list(ex.map(_render_png, jobs_list, chunksize=max(1, len(jobs_list) // (4 * jobs))))
-    else:
-        for j in jobs_list:
-            _render_png(j)
+        t_pages = time.perf_counter()
+        if jobs > 1 and len(jobs_list) > 8:
+            with ProcessPoolExecutor(max_workers=jobs) as ex:
+                list(ex.map(_render_png, jobs_list, chunksize=max(1, len(jobs_list) // (4 * jobs))))
+        else:
+            for j in jobs_list:
+                _render_png(j)
 
-    t_figs = time.perf_counter()
-    wrong = [u["errors"] > 0 for u in utts]
-    aucs = {k: roc_auc([np.nan if u["diag"].get(k) is None else u["diag"][k] for u in utts], wrong) for k in DIAGNOSTICS}
-    aucs = {k: (None if v is None else (v if DIAGNOSTICS[k][1] else 1.0 - v)) for k, v in aucs.items()}
-    present = [k for k in DIAGNOSTICS if any(u["diag"].get(k) is not None for u in utts)]
-    # For reference beside the attention diagnostics: the model's own confidence (low = wrong).
-    confidence = {
-        "length-normalised beam score": [np.nan if r.get("norm_score") is None else -float(r["norm_score"]) for r in rows],
-        "mean token log-prob (model pass)": [np.nan if not u["tokens"] or u["tokens"][0]["logprob"] is None
-                                             else -float(np.mean([t["logprob"] for t in u["tokens"]])) for u in utts],
-    }
-    baselines = {k: roc_auc(v, wrong) for k, v in confidence.items() if not np.isnan(v).all()}
-    figures = _summary_figures(utts, aucs, out / "figures")
-    worst = {k: sorted((u for u in utts if u["diag"].get(k) is not None), key=lambda u, k=k: u["diag"][k], reverse=DIAGNOSTICS[k][1])[:5] for k in present}
-    env = _env()
-    common = {"decode_dir": str(d), "meta": meta, "diag_keys": present, "diag_labels": {k: v[0] for k, v in DIAGNOSTICS.items()},
-              "checkpoint": str(ck) if ck is not None else None}
-    page = env.get_template("utterance.html.j2")
-    for i, u in enumerate(utts):
-        prev_u = utts[i - 1]["stem"] if i > 0 else None
-        next_u = utts[i + 1]["stem"] if i + 1 < len(utts) else None
-        (out / "utts" / f"{u['stem']}.html").write_text(page.render(u=u, prev=prev_u, next=next_u, **common), encoding="utf-8")
-    top_conf = [{"op": op, "ref": a, "hyp": b, "count": c} for (op, a, b), c in confusions.most_common(15)]
-    best = max((k for k in present if aucs.get(k) is not None), key=lambda k: aucs[k], default=None)
-    index = env.get_template("index.html.j2").render(
-        utts=utts, corpus=corpus, classes=dict(classes), confusions=top_conf, aucs=aucs, best=best, baselines=baselines, figures=figures,
-        worst=worst, n_wrong=sum(wrong), **common)
-    (out / "index.html").write_text(index, encoding="utf-8")
-    payload = {
-        "decode_dir": str(d), "corpus": corpus, "error_classes": dict(classes), "auc_wrong_vs_correct": aucs, "best_diagnostic": best,
-        "auc_confidence": baselines,
-        "utterances": [{k: v for k, v in u.items() if k not in ("tokens", "steps")} for u in utts],
-    }
-    (out / "report.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
-    log.info("report of %d utterances in %.1f s (read + features %.1f s, model pass %.1f s, diagnostics + audio %.1f s, "
-             "utterance figures %.1f s, summary + pages %.1f s) -> %s", len(utts), time.perf_counter() - t0, t_feats - t0,
-             t_model - t_feats, t_pages - t_model, t_figs - t_pages, time.perf_counter() - t_figs, out / "index.html")
-    return out / "index.html"
+        t_figs = time.perf_counter()
+        wrong = [u["errors"] > 0 for u in utts]
+        aucs = {k: roc_auc([np.nan if u["diag"].get(k) is None else u["diag"][k] for u in utts], wrong) for k in DIAGNOSTICS}
+        aucs = {k: (None if v is None else (v if DIAGNOSTICS[k][1] else 1.0 - v)) for k, v in aucs.items()}
+        present = [k for k in DIAGNOSTICS if any(u["diag"].get(k) is not None for u in utts)]
+        # For reference beside the attention diagnostics: the model's own confidence (low = wrong).
+        confidence = {
+            "length-normalised beam score": [np.nan if r.get("norm_score") is None else -float(r["norm_score"]) for r in rows],
+            "mean token log-prob (model pass)": [np.nan if not u["tokens"] or u["tokens"][0]["logprob"] is None
+                                                 else -float(np.mean([t["logprob"] for t in u["tokens"]])) for u in utts],
+        }
+        baselines = {k: roc_auc(v, wrong) for k, v in confidence.items() if not np.isnan(v).all()}
+        figures = _summary_figures(utts, aucs, out / "figures")
+        worst = {k: sorted((u for u in utts if u["diag"].get(k) is not None), key=lambda u, k=k: u["diag"][k], reverse=DIAGNOSTICS[k][1])[:5] for k in present}
+        env = _env()
+        common = {"decode_dir": str(d), "meta": meta, "diag_keys": present, "diag_labels": {k: v[0] for k, v in DIAGNOSTICS.items()},
+                  "checkpoint": str(ck) if ck is not None else None}
+        page = env.get_template("utterance.html.j2")
+        for i, u in enumerate(utts):
+            prev_u = utts[i - 1]["stem"] if i > 0 else None
+            next_u = utts[i + 1]["stem"] if i + 1 < len(utts) else None
+            (out / "utts" / f"{u['stem']}.html").write_text(page.render(u=u, prev=prev_u, next=next_u, **common), encoding="utf-8")
+        top_conf = [{"op": op, "ref": a, "hyp": b, "count": c} for (op, a, b), c in confusions.most_common(15)]
+        best = max((k for k in present if aucs.get(k) is not None), key=lambda k: aucs[k], default=None)
+        index = env.get_template("index.html.j2").render(
+            utts=utts, corpus=corpus, classes=dict(classes), confusions=top_conf, aucs=aucs, best=best, baselines=baselines, figures=figures,
+            worst=worst, n_wrong=sum(wrong), **common)
+        (out / "index.html").write_text(index, encoding="utf-8")
+        payload = {
+            "decode_dir": str(d), "corpus": corpus, "error_classes": dict(classes), "auc_wrong_vs_correct": aucs, "best_diagnostic": best,
+            "auc_confidence": baselines,
+            "utterances": [{k: v for k, v in u.items() if k not in ("tokens", "steps")} for u in utts],
+        }
+        (out / "report.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
+        log.info("report of %d utterances in %.1f s (read + features %.1f s, model pass %.1f s, diagnostics + audio %.1f s, "
+                 "utterance figures %.1f s, summary + pages %.1f s) -> %s", len(utts), time.perf_counter() - t0, t_feats - t0,
+                 t_model - t_feats, t_pages - t_model, t_figs - t_pages, time.perf_counter() - t_figs, out / "index.html")
+        return out / "index.html"
+    finally:
+        owner.__exit__(None, None, None)
 
