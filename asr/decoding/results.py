@@ -427,8 +427,8 @@ def load_partial(out_dir: str | Path, settings: dict[str, Any], wanted: dict[str
     """Rows and attention of the utterances a previous, interrupted decode of ``out_dir`` finished.
 
     ``wanted`` maps each utterance id to decode to its ``(ref, n_frames, input signature)``; a stored row is
-    kept only when its id is wanted with the same ref, frame count and input file signature (size and
-    modification time, :func:`input_signature`, stored under :data:`INPUT_KEY`: a changed file at the same
+    kept only when its id is wanted with the same ref, frame count and input file signature (size and a
+    hash of the content's first and last blocks, :func:`input_signature`, stored under :data:`INPUT_KEY`: a changed file at the same
     path is decoded again), its JSON line is complete and its attention is in its shard. ``wanted`` None keeps
     every complete row with its attention: the caller then compares each row's ``ref``, ``n_frames`` and
     :data:`INPUT_KEY` with its utterance before reusing it (``asr-decode`` does so as the engine reaches it). Partial files written with other ``settings`` (or without settings) are removed with a
