@@ -134,7 +134,7 @@ def engine_rows(a: argparse.Namespace) -> list[dict]:
     for name, opts in searches:
         options = dataclasses.replace(engine.options, **opts)
         for bs in [int(x) for x in a.batches.split(",") if x]:
-            engine.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0}
+            engine.stats.update({k: type(v)(0) for k, v in engine.stats.items()})
             sync()
             t0 = time.perf_counter()
             res = list(engine.run(inputs, options=options, batch_size=bs))

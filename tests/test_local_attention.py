@@ -141,9 +141,9 @@ def test_multihead_hard_attention_takes_each_heads_argmax():
     ctx, w, _ = att(query, keys, mem, mask, att.init_state(mask), hard=True)
     b, s, _ = keys.shape
     k, v = mem.view(b, s, 2, 4, 8).permute(2, 0, 3, 1, 4)
-    scores = (att.W_q(query).view(b, 4, 1, 8) @ k.transpose(-1, -2)).squeeze(2).masked_fill(~mask[:, None], float("-inf"))
+    scores = (att.mha.w_q(query).view(b, 4, 1, 8) @ k.transpose(-1, -2)).squeeze(2).masked_fill(~mask[:, None], float("-inf"))
     idx = scores.argmax(-1)  # (B, h)
-    expected = att.W_o(v[torch.arange(b)[:, None], torch.arange(4)[None, :], idx].reshape(b, 32))
+    expected = att.mha.w_o(v[torch.arange(b)[:, None], torch.arange(4)[None, :], idx].reshape(b, 32))
     torch.testing.assert_close(ctx, expected)
     assert (w[~mask] == 0).all() and torch.allclose(w.sum(-1), torch.ones(3))
 

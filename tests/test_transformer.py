@@ -209,7 +209,7 @@ def test_transformer_decoder_ignores_attention_group():
     cfg = {"encoder": TF_ENC, "decoder": TF_DEC}  # no "attention" key at all
     model = build_model(cfg, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
     assert model.subsampling_factor == 4
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="model.attention is missing: the rnn decoder takes an attention scorer"):
         build_model({"encoder": TF_ENC, "decoder": RNN}, vocab_size=10, sos_id=2, eos_id=3, pad_id=0)
 
 

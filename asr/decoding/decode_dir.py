@@ -154,7 +154,7 @@ def decode(cfg: Mapping[str, Any]) -> dict[str, Any]:
     engine = load_engine(cfg)
     out_dir = Path(cfg["out_dir"])
     with OutDirLock(out_dir):
-        remove_stale_outputs(out_dir)
+        remove_stale_outputs(out_dir, overwrite=bool(cfg.get("overwrite")))
         inputs, errors = inputs_of(cfg, engine)
         return decode_inputs(cfg, engine, out_dir, inputs, errors)
 

@@ -191,7 +191,7 @@ def _rank_main(fabric: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
     if rank == 0:
         try:
             lock = OutDirLock(out_dir).__enter__()
-            remove_stale_outputs(out_dir)
+            remove_stale_outputs(out_dir, overwrite=bool(cfg.get("overwrite")))
             for old in shards.glob("*-of-*") if shards.is_dir() else []:
                 if not old.name.endswith(f"-of-{world}"):  # parts of a run with another process count: not resumable
                     shutil.rmtree(old, ignore_errors=True)
@@ -271,7 +271,7 @@ def merge_shards(out_dir: str | Path, world: int, shard_status: Sequence[Mapping
     if errors:
         write_errors(errors, out_dir)
     meta = dict(metas[0])
-    for k in ("n_utts", "resumed_utts", "n_errors", "n_segmented", "n_segments", "n_batches"):
+    for k in ("n_utts", "resumed_utts", "n_errors", "n_segmented", "n_segments", "n_batches", "n_length_limit", "n_no_speech"):
         meta[k] = sum(int(m.get(k, 0) or 0) for m in metas)
     meta["n_utts"] = len(ids)
     meta["audio_s"] = round(sum(float(m.get("audio_s", 0)) for m in metas), 2)

@@ -88,7 +88,7 @@ RESUME_NAMES = (LOCK_FILE, PARTIAL_DIR, PARTIAL_RESULTS, SHARDS_DIR)
 #: detection before ``end_detect_m``). Since
 #: :func:`build_meta`, every field of :class:`DecodingOptions` is recorded.
 UNRECORDED_OPTIONS = {"ctc_weight": 0.0, "length_penalty": 0.5, "max_len_ratio": 1.5, "min_len": 5, "end_detect_m": 0, "end_detect_d": -10.0,
-                      "att_window_back": -1, "att_window_ahead": -1, "att_window_restart": True, "hard_attention": False}
+                      "att_window_back": -1, "att_window_ahead": -1, "att_window_restart": True, "hard_attention": False, "no_speech_db": 0.0}
 
 
 # ---- rows and attention ---------------------------------------------------------------------------------------

@@ -223,15 +223,18 @@ def decoder_uses_attention(decoder: str | type | nn.Module) -> bool:
 
     ``decoder`` is a key of ``DECODERS`` (``"rnn"``), a decoder class, or an instance. The RNN decoder takes a
     scorer (``location``, ``additive``, ...); the Transformer decoder has its own multi-head cross-attention
-    (class attribute ``needs_attention = False``) and ignores that group. Classes without the attribute
-    take a scorer. Raises ``ValueError`` for an unknown type name.
+    (class attribute ``needs_attention = False``) and ignores that group. Every decoder declares the attribute
+    (:class:`asr.models.interfaces.Decoder`). Raises ``ValueError`` for an unknown type name and ``TypeError`` for a
+    class that does not declare it.
     """
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder type {decoder!r}; choose one of {sorted(DECODERS)}")
         decoder = DECODERS[decoder]
     cls = decoder if isinstance(decoder, type) else type(decoder)
-    return bool(getattr(cls, "needs_attention", True))
+    if not isinstance(getattr(cls, "needs_attention", None), bool):
+        raise TypeError(f"decoder {cls.__name__} does not declare needs_attention (True or False; asr.models.interfaces.Decoder)")
+    return cls.needs_attention
 
 
 def build_model(
@@ -243,7 +246,8 @@ def build_model(
     feat_dim: int = 80,
     cmvn: GlobalCMVN | None = None,
 ) -> AttentionASRModel:
-    """Build a model from a plain config mapping (the ``model`` group of the Hydra config).
+    """Build a model from a plain config mapping (the ``model`` group of the Hydra config) or its typed form
+    (:class:`asr.models.config.ModelConfig`, which the mapping is turned into first).
 
     ``cfg`` has ``encoder`` (``type`` + constructor arguments), ``attention`` (``type`` + arguments; used
     only by decoders that take a scorer, i.e. ``rnn``), ``decoder`` (``type`` + arguments),
@@ -253,31 +257,25 @@ def build_model(
     Raises
     ------
     ValueError
-        Unknown encoder/decoder/attention type, or a ``_target_`` key anywhere in ``cfg`` (the message
-        names the key path).
+        Unknown encoder/decoder/attention type, an unknown key in a group, or a ``_target_`` key anywhere in
+        ``cfg`` (the message names the key path).
     """
-    reject_target_keys(cfg, "model")
-    enc_cfg = dict(cfg["encoder"])
-    enc_type = enc_cfg.pop("type")
-    if enc_type not in ENCODERS:
-        raise ValueError(f"unknown encoder type {enc_type!r}; choose one of {sorted(ENCODERS)}")
-    encoder = ENCODERS[enc_type](input_dim=feat_dim, **enc_cfg)
-    dec_cfg = dict(cfg["decoder"])
-    dec_type = dec_cfg.pop("type")
-    if decoder_uses_attention(dec_type):  # raises ValueError for an unknown decoder type
-        # the RNN decoder takes a scorer from cfg["attention"]; the Transformer decoder has its own
+    from asr.models.config import ModelConfig
+
+    if not isinstance(cfg, ModelConfig):
+        reject_target_keys(cfg, "model")
+        cfg = ModelConfig.from_dict(cfg)  # typed: an unknown type, key or init fails here, named
+    encoder = ENCODERS[cfg.encoder.type](input_dim=feat_dim, **cfg.kwargs("encoder"))
+    dec_kwargs = cfg.kwargs("decoder")
+    if decoder_uses_attention(cfg.decoder.type):
+        # the RNN decoder takes a scorer from the attention group; the Transformer decoder has its own
         # multi-head attention and ignores that group
-        att_cfg = dict(cfg["attention"])
-        dec_cfg["attention"] = build_attention(
-            att_cfg.pop("type"), query_dim=dec_cfg.get("hidden_size", 256), key_dim=encoder.output_dim, **att_cfg
-        )
-    decoder = DECODERS[dec_type](vocab_size=vocab_size, enc_dim=encoder.output_dim, **dec_cfg)
-    init = str(cfg.get("init", "default"))
-    if init not in ("default", "xavier_uniform"):
-        raise ValueError(f"unknown model.init {init!r}; choose default or xavier_uniform")
-    if init == "xavier_uniform":
+        dec_kwargs["attention"] = build_attention(cfg.attention.type, query_dim=cfg.decoder.hidden_size, key_dim=encoder.output_dim, **cfg.kwargs("attention"))
+    decoder = DECODERS[cfg.decoder.type](vocab_size=vocab_size, enc_dim=encoder.output_dim, **dec_kwargs)
+    if cfg.init == "xavier_uniform":
         xavier_init_(encoder)
         xavier_init_(decoder)
+    ga = cfg.guided_attention
     return AttentionASRModel(
         cmvn if cmvn is not None else GlobalCMVN.identity(feat_dim),
         encoder,
@@ -285,26 +283,9 @@ def build_model(
         sos_id=sos_id,
         eos_id=eos_id,
         pad_id=pad_id,
-        label_smoothing=float(cfg.get("label_smoothing", 0.1)),
-        ctc_weight=float(cfg.get("ctc_weight", 0.0)),
-        **_guided_attention_args(cfg.get("guided_attention")),
+        label_smoothing=cfg.label_smoothing,
+        ctc_weight=cfg.ctc_weight,
+        guided_attention=ga.weight,
+        guided_attention_sigma=ga.sigma,
+        guided_attention_epochs=ga.epochs,
     )
-
-
-def _guided_attention_args(ga: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``model.guided_attention`` (``weight``, ``sigma``, ``epochs``; absent or weight 0 = off) → model kwargs.
-
-    Raises
-    ------
-    ValueError
-        Unknown keys.
-    """
-    ga = dict(ga or {})
-    unknown = set(ga) - {"weight", "sigma", "epochs"}
-    if unknown:
-        raise ValueError(f"model.guided_attention: unknown key(s) {sorted(unknown)}; known: weight, sigma, epochs")
-    return {
-        "guided_attention": float(ga.get("weight", 0.0)),
-        "guided_attention_sigma": float(ga.get("sigma", 0.3)),
-        "guided_attention_epochs": int(ga.get("epochs", 0)),
-    }

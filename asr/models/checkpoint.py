@@ -56,6 +56,18 @@ MODEL_PREFIX = "model."
 ALLOWED_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
+def _typed_model_cfg(model_cfg: Any) -> Any:
+    """``model_cfg`` with every field of :class:`asr.models.config.ModelConfig` filled in (defaults included), so that
+    a later change of a default never changes a stored model; left as given when it does not parse (the builder
+    then reports it)."""
+    from asr.models.config import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(model_cfg).to_dict()
+    except (ValueError, TypeError, KeyError):
+        return model_cfg
+
+
 def checkpoint_payload(model_cfg: dict, optim_cfg: dict, tokenizer: Tokenizer, feat_dim: int, frame_shift_s: float, fbank: FbankOptions | dict | None = None) -> dict[str, Any]:
     """The :data:`ASR_KEY` entry of a checkpoint (plain types only).
 
@@ -71,7 +83,7 @@ def checkpoint_payload(model_cfg: dict, optim_cfg: dict, tokenizer: Tokenizer, f
         The full front-end settings (stored as a dict under ``fbank``); None stores only the two above.
     """
     payload = {
-        "model_cfg": model_cfg,
+        "model_cfg": _typed_model_cfg(model_cfg),
         "optim_cfg": optim_cfg,
         "tokenizer_proto": tokenizer.proto,
         "feat_dim": int(feat_dim),

@@ -8,6 +8,7 @@ from asr.models.attention.scorers import (  # noqa: F401
     LocalAttention,
     LocationAwareAttention,
     MultiHeadAttention,
+    MultiHeadScorer,
     build_attention,
     harden,
 )

@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.models.layers import MultiHeadAttention as SharedMultiHeadAttention
+
 
 class Attention(nn.Module):
     """Base class: masking, normalisation and the context vector; subclasses define ``score``.
@@ -253,39 +255,45 @@ class LocationAwareAttention(Attention):
         return self.w(torch.tanh(memory + self.W(query).unsqueeze(1) + self.U(f))).squeeze(-1)
 
 
-class MultiHeadAttention(Attention):
-    """Multi-head scaled dot-product attention (Vaswani 2017) with one query per step.
+class MultiHeadScorer(Attention):
+    """Multi-head scaled dot-product attention (Vaswani 2017) with one query per step: the shared
+    :class:`asr.models.layers.MultiHeadAttention` (the Transformer's) as an RNN decoder scorer.
 
     ``head_i = softmax(q W_q^i (k W_k^i)^T / sqrt(d)) k W_v^i``; heads concatenated and projected by ``W_o``
     back to ``key_dim`` so the decoder sees a context of the usual size. The returned weights (and state)
-    are the mean over heads, for plots.
+    are the mean over heads, for plots. Checkpoints written before the layer was shared (parameters
+    ``W_q``/``W_kv``/``W_o``) load unchanged: their names are mapped to ``mha.w_q``/``mha.w_kv``/``mha.w_o``.
     """
 
     def __init__(
         self, query_dim: int, key_dim: int, att_dim: int = 256, num_heads: int = 4, temperature: float = 1.0
     ) -> None:
         super().__init__(query_dim, key_dim, temperature)
-        if att_dim % num_heads:
-            raise ValueError(f"att_dim {att_dim} is not divisible by num_heads {num_heads}")
+        self.mha = SharedMultiHeadAttention(att_dim, num_heads, kv_dim=key_dim, query_dim=query_dim, out_dim=key_dim)
         self.h, self.d = num_heads, att_dim // num_heads
-        self.W_q = nn.Linear(query_dim, att_dim)
-        self.W_kv = nn.Linear(key_dim, 2 * att_dim)
-        self.W_o = nn.Linear(att_dim, key_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401 -- torch hook
+        for old, new in (("W_q", "mha.w_q"), ("W_kv", "mha.w_kv"), ("W_o", "mha.w_o")):
+            for kind in ("weight", "bias"):
+                if prefix + f"{old}.{kind}" in state_dict:
+                    state_dict[prefix + f"{new}.{kind}"] = state_dict.pop(prefix + f"{old}.{kind}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def precompute(self, keys: Tensor) -> Tensor:
-        return self.W_kv(keys)  # (B, S, 2A)
+        return self.mha.w_kv(keys)  # (B, S, 2A): keys then values, gathered along S by windowed decoding
 
     def forward(self, query, keys, memory, mask, state, hard=False):
         """As :meth:`Attention.forward`; ``hard`` takes each head's argmax frame."""
-        b, s, _ = keys.shape
-        k, v = memory.view(b, s, 2, self.h, self.d).permute(2, 0, 3, 1, 4)  # each (B, h, S, d)
-        q = self.W_q(query).view(b, self.h, 1, self.d)
-        scores = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(self.d) * self.temperature  # (B, h, S)
-        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        k, v = (self.mha._heads(x) for x in memory.chunk(2, dim=-1))  # each (B, h, S, d)
+        q = self.mha.project_q(query.unsqueeze(1))  # (B, h, 1, d)
+        scores = self.mha.scores(q, k, mask[:, None, None, :]).squeeze(2) * self.temperature  # (B, h, S)
         soft = torch.softmax(scores, dim=-1)
         w = self._select(soft, hard)
-        ctx = (w.unsqueeze(2) @ v).reshape(b, self.h * self.d)
-        return self.W_o(ctx), w.mean(1), soft.mean(1)
+        return self.mha.merge(w.unsqueeze(2) @ v).squeeze(1), w.mean(1), soft.mean(1)
+
+
+#: The name this scorer had before the layer was shared (older imports).
+MultiHeadAttention = MultiHeadScorer
 
 
 class LocalAttention(Attention):
@@ -391,7 +399,7 @@ ATTENTION_TYPES: dict[str, type[Attention]] = {
     "additive": AdditiveAttention,
     "location": LocationAttention,
     "location_aware": LocationAwareAttention,
-    "multihead": MultiHeadAttention,
+    "multihead": MultiHeadScorer,
     "local_m": partial(LocalAttention, mode="local_m"),  # type: ignore[dict-item]
     "local_p": partial(LocalAttention, mode="local_p"),  # type: ignore[dict-item]
 }

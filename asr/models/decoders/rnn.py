@@ -139,6 +139,9 @@ class RNNAttentionDecoder(nn.Module):
         Sizes; dropout on the embedding, between layers and on ``a_t``.
     """
 
+    #: It takes an attention scorer built from ``model.attention`` (:class:`asr.models.interfaces.Decoder`).
+    needs_attention = True
+
     def __init__(
         self,
         vocab_size: int,

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from asr.models.encoders.pblstm import make_pad_mask
-from asr.models.encoders.transformer import MultiHeadAttention, PositionwiseFeedForward, sinusoidal_positions
+from asr.models.layers import MultiHeadAttention, PositionwiseFeedForward, make_pad_mask, sinusoidal_positions
 
 __all__ = ["TransformerMemory", "TransformerDecoderState", "TransformerDecoder"]
 

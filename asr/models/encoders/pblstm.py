@@ -8,29 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-
-def make_pad_mask(lens: Tensor, max_len: int | None = None) -> Tensor:
-    """Valid-frame mask from lengths.
-
-    Parameters
-    ----------
-    lens : Tensor
-        ``(B,)`` int64 lengths.
-    max_len : int, optional
-        Width of the mask (default ``lens.max()``).
-
-    Returns
-    -------
-    Tensor
-        ``(B, max_len)`` bool, True on valid frames.
-
-    Examples
-    --------
-    >>> make_pad_mask(torch.tensor([1, 3])).tolist()
-    [[True, False, False], [True, True, True]]
-    """
-    max_len = int(lens.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
+from asr.models.layers import make_pad_mask  # noqa: F401 -- re-exported for older imports
 
 
 class PyramidalBLSTMEncoder(nn.Module):

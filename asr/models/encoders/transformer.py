@@ -2,8 +2,8 @@
 (ESPnet's ``Conv2dSubsampling``, Karita et al. 2019, "A comparative study on Transformer vs RNN in speech
 applications", arXiv 1909.06317).
 
-Also home of the pieces the Transformer decoder shares: `MultiHeadAttention`, `PositionwiseFeedForward`
-and `sinusoidal_positions`.
+The layers it shares with the decoders (`MultiHeadAttention`, `PositionwiseFeedForward`, `sinusoidal_positions`)
+live in :mod:`asr.models.layers` and are re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -11,135 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.models.encoders.pblstm import make_pad_mask
+from asr.models.layers import MultiHeadAttention, PositionwiseFeedForward, make_pad_mask, sinusoidal_positions
 
 __all__ = ["sinusoidal_positions", "MultiHeadAttention", "PositionwiseFeedForward", "Conv2dSubsampling", "TransformerEncoder"]
-
-
-def sinusoidal_positions(length: int, d_model: int, offset: int = 0, device=None, dtype=torch.float32) -> Tensor:
-    """Absolute sinusoidal position encodings of Vaswani et al. 2017 (section 3.5).
-
-    ``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] = cos(p / 10000^(2i/d))`` for positions
-    ``p = offset .. offset + length - 1``.
-
-    Returns
-    -------
-    Tensor
-        ``(length, d_model)``.
-
-    Raises
-    ------
-    ValueError
-        If ``d_model`` is odd.
-
-    Examples
-    --------
-    >>> sinusoidal_positions(3, 4).shape
-    torch.Size([3, 4])
-    """
-    if d_model % 2:
-        raise ValueError(f"sinusoidal positions need an even d_model, got {d_model}")
-    pos = torch.arange(offset, offset + length, device=device, dtype=torch.float32)[:, None]
-    inv = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    pe = torch.empty(length, d_model, device=device, dtype=torch.float32)
-    pe[:, 0::2] = torch.sin(pos * inv)
-    pe[:, 1::2] = torch.cos(pos * inv)
-    return pe.to(dtype)
-
-
-class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention over ``num_heads`` projected subspaces (Vaswani et al. 2017, 3.2.2).
-
-    Keys/values are projected separately from queries (`project_kv`) so that a decoder can project the
-    encoder output once per utterance and cache its own past keys/values.
-
-    Parameters
-    ----------
-    d_model : int
-        Query and output size; ``d_k = d_model / num_heads`` per head.
-    num_heads : int
-    dropout : float
-        Dropout on the attention weights (training only).
-    kv_dim : int, optional
-        Size of the key/value inputs (default ``d_model``).
-
-    Raises
-    ------
-    ValueError
-        If ``d_model`` is not divisible by ``num_heads``.
-    """
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, kv_dim: int | None = None) -> None:
-        super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
-        kv_dim = d_model if kv_dim is None else kv_dim
-        self.d_model, self.num_heads, self.d_k = d_model, num_heads, d_model // num_heads
-        self.dropout = dropout
-        self.w_q = nn.Linear(d_model, d_model)
-        self.w_kv = nn.Linear(kv_dim, 2 * d_model)
-        self.w_o = nn.Linear(d_model, d_model)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.d_k).transpose(1, 2)
-
-    def project_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values ``(B, H, Tk, d_k)`` each, from ``kv (B, Tk, kv_dim)``."""
-        k, v = self.w_kv(kv).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
-
-    def attend(self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Attention of ``query (B, Tq, d_model)`` over projected ``k, v (B, H, Tk, d_k)``.
-
-        Parameters
-        ----------
-        mask : Tensor, optional
-            Bool, True = may attend, broadcastable to ``(B, H, Tq, Tk)`` (e.g. ``(B, 1, 1, Tk)`` key padding,
-            ``(1, 1, Tq, Tk)`` causal). Every query row must keep at least one key.
-        need_weights : bool
-            Also return the weights (explicit softmax); otherwise the fused
-            ``torch.nn.functional.scaled_dot_product_attention`` kernel runs and None is returned.
-
-        Returns
-        -------
-        out : Tensor ``(B, Tq, d_model)``
-        weights : Tensor ``(B, H, Tq, Tk)`` (before dropout; exactly 0 where ``mask`` is False) or None
-        """
-        q = self._heads(self.w_q(query))
-        p = self.dropout if self.training else 0.0
-        if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)
-            ctx = F.dropout(weights, p, self.training) @ v
-        else:
-            weights = None
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        b, _, tq, _ = ctx.shape
-        return self.w_o(ctx.transpose(1, 2).reshape(b, tq, self.d_model)), weights
-
-    def forward(self, query: Tensor, kv: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``attend(query, *project_kv(kv), mask, need_weights)``; ``kv (B, Tk, kv_dim)``."""
-        k, v = self.project_kv(kv)
-        return self.attend(query, k, v, mask, need_weights)
-
-
-class PositionwiseFeedForward(nn.Module):
-    """``W_2 dropout(ReLU(W_1 x))``, ``d_model -> ff_dim -> d_model`` at every position (Vaswani et al. 2017, 3.3)."""
-
-    def __init__(self, d_model: int, ff_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.w_1, self.w_2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(..., d_model) -> (..., d_model)``."""
-        return self.w_2(self.dropout(torch.relu(self.w_1(x))))
 
 
 class Conv2dSubsampling(nn.Module):
