@@ -120,10 +120,14 @@ class CTCPrefixScorer:
         # r_t^b = logaddexp(r_{t-1}^n, r_{t-1}^b) + x_t(blank), r_t^n = logaddexp(r_{t-1}^n, phi_{t-1}) + x_t(c):
         # one logaddexp of r_{t-1}^n with the strided pair (r_{t-1}^b, phi_{t-1}), one add of (x_t(blank), x_t(c)).
         # An extension of a prefix of L tokens has L + 1 labels, so r_t = -inf for t < L: start at the shortest.
-        for t in range(max(1, int(state.length.min())), t_max):
+        t0 = int(state.length.min())
+        for t in range(max(1, t0), t_max):
             torch.add(torch.logaddexp(buf[t - 1, 1:2], buf[t - 1, 0::2]), self.xx[t], out=buf[t, 0:2])
-        phi_prev = torch.cat([start[None, :, None].expand(1, n, v), buf[:-1, 2]], 0)  # (T, N, V): phi_{t-1}
-        psi = torch.logsumexp(phi_prev + x, dim=0)  # (N, V)
+        # psi(h) = logsumexp_t phi_{t-1} + x_t(c); phi_{t-1}(g) = -inf for t < len(g): sum from the shortest prefix on.
+        if t0 == 0:
+            psi = torch.logsumexp(torch.cat([start[None, :, None].expand(1, n, v), buf[:-1, 2]], 0) + x, dim=0)  # (N, V)
+        else:
+            psi = torch.logsumexp(buf[t0 - 1 : -1, 2] + x[t0:], dim=0) if t0 < t_max else x.new_full((n, v), NEG_INF)
         psi[:, self.eos] = total[-1]
         psi[:, self.blank] = NEG_INF
         return psi, buf[:, 0:2]
