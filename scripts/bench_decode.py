@@ -169,6 +169,66 @@ def engine_rows(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def entrypoints(a: argparse.Namespace) -> None:
+    """One long recording (whole AN4 utterances of ``--data_dir`` one after another, repeated, until ``--entrypoints``
+    seconds) through the three entry points, each in a child process (``--threads`` threads): peak RSS (``os.wait4``),
+    wall seconds, RTF (wall / audio), WER against the utterances' transcripts joined, and whether the three texts are
+    identical. Compare the WER with the per-utterance WER of the same search on ``--data_dir``."""
+    import numpy as np
+    import soundfile as sf
+
+    from asr.features.audio import load_audio
+    from asr.metrics.wer import score
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    d = Path(a.data_dir)
+    texts = dict(line.split(" ", 1) for line in (d / "text").read_text().splitlines() if " " in line)
+    utts = [line.split(maxsplit=1) for line in (d / "wav.scp").read_text().splitlines() if line.strip()]
+    need, parts, refs, n, i = int(float(a.entrypoints) * 16000), [], [], 0, 0
+    while n < need:
+        uid, path = utts[i % len(utts)]
+        x = load_audio(path.strip()).numpy()
+        parts.append(x)
+        refs.append(texts.get(uid, "").strip())
+        n += x.size
+        i += 1
+    wav = work / f"long_{int(float(a.entrypoints))}s.wav"
+    sf.write(str(wav), np.concatenate(parts), 16000, subtype="PCM_16")
+    dur, ref = n / 16000, " ".join(refs)
+    opts = {"beam_size": a.beam, "ctc_weight": a.ctc_weight}
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    s2t_out, tr_out, dec_dir = work / "s2t.txt", work / "transcribe.tsv", work / "decode"
+    runs = {
+        "Speech2Text.transcribe": [sys.executable, "-c", "import sys; from asr import Speech2Text; "
+                                   f"r = Speech2Text.from_pretrained({a.ckpt!r}, threads={a.threads}, beam_size={a.beam}, ctc_weight={a.ctc_weight}).transcribe([{str(wav)!r}])[0]; "
+                                   f"open({str(s2t_out)!r}, 'w').write(r.text)"],
+        "asr-transcribe": [sys.executable, "-m", "asr.cli.transcribe", "--model", a.ckpt, "--threads", str(a.threads), "--beam-size", str(a.beam), "--ctc-weight", str(a.ctc_weight), str(wav)],
+        "asr-decode": [sys.executable, "-m", "asr.cli.decode", f"ckpt={a.ckpt}", f"audio={wav}", f"out_dir={dec_dir}", "overwrite=true", "resume=false", f"threads={a.threads}",
+                       *(f"{k}={v}" for k, v in opts.items())],
+    }
+    hyps = {}
+    print(f"{dur:.0f} s recording ({i} AN4 utterances of {d}), beam {a.beam} + CTC {a.ctc_weight:g}, {a.threads} thread(s)")
+    print(f"{'entry point':<24} {'peak RSS GB':>11} {'wall s':>7} {'RTF':>7} {'WER %':>6}")
+    for name, cmd in runs.items():
+        t0 = time.perf_counter()
+        out = open(tr_out, "w") if name == "asr-transcribe" else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{name} failed (exit {os.waitstatus_to_exitcode(status)})")
+        if name == "Speech2Text.transcribe":
+            hyps[name] = s2t_out.read_text()
+        elif name == "asr-transcribe":
+            hyps[name] = tr_out.read_text().rstrip("\n").split("\t", 1)[1]
+        else:
+            hyps[name] = json.loads((dec_dir / "results.jsonl").read_text().splitlines()[0])["hyp"]
+        wer = 100 * score([ref], [hyps[name]]).wer
+        print(f"{name:<24} {usage.ru_maxrss / 1024**2:>11.2f} {wall:>7.1f} {wall / dur:>7.4f} {wer:>6.2f}", flush=True)
+    print("identical text across the three:", len(set(hyps.values())) == 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -184,6 +244,7 @@ def main() -> None:
     ap.add_argument("--ctc_weight", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--entrypoints", default="", help="seconds: one recording of --data_dir's utterances through the 3 entry points")
     ap.add_argument("--engine", action="store_true", help="engine mode: --data_dir through the decoding engine (module docstring)")
     ap.add_argument("--batches", default="8,32", help="engine mode: batch sizes (comma-separated)")
     ap.add_argument("--searches", default="", help="engine mode: only these searches (greedy, beam<K>, beam<K>+ctc<λ>; default all)")
@@ -192,6 +253,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="engine mode: first N utterances only (0 = all)")
     ap.add_argument("--json", default="", help="engine mode: write the rows here")
     a = ap.parse_args()
+    if a.entrypoints:
+        entrypoints(a)
+        return
     if a.engine:
         if not a.data_dir:
             ap.error("--engine needs --data_dir")
