@@ -356,9 +356,13 @@ def cut_waveform(cut, sample_rate: int) -> Tensor:
     return resample_waveform(wav, int(rec.sampling_rate), sample_rate) if int(rec.sampling_rate) != sample_rate else wav
 
 
-def cut_fbank(cut, opts: FbankOptions, speed: float = 1.0) -> Tensor:
-    """``(T, F)`` fbank of a cut: its stored features when it has them (``speed`` 1), else computed from its audio
-    (speed-perturbed by ``speed`` first, :func:`asr.features.fbank.speed_perturb`)."""
+def cut_fbank(cut, opts: FbankOptions, speed: float = 1.0, augment=None) -> Tensor:
+    """``(T, F)`` fbank of a cut: its stored features when it has them (``speed`` 1, no ``augment``), else computed
+    from its audio (speed-perturbed by ``speed`` first, :func:`asr.features.fbank.speed_perturb`, then passed
+    through ``augment``, a ``(N,) -> (N,)`` waveform callable such as a bound :class:`asr.data.augment.WaveAugment`
+    plan)."""
+    if augment is not None:
+        return compute_fbank(augment(speed_perturb(cut_waveform(cut, opts.sample_rate), speed, opts.sample_rate)), opts)
     if speed == 1.0 and cut.has_features:
         f = cut.features
         if abs(f.start - cut.start) < 1e-3 and abs(f.duration - cut.duration) < 1e-3:
@@ -554,7 +558,8 @@ class CutBatchDataset(torch.utils.data.Dataset):
     """Map ``(epoch, CutSet)`` from :class:`EpochSampler` to a padded :class:`asr.data.dataset.Batch`.
 
     Features: the stored fbank of each cut, or computed from its audio (on the fly, and always for a
-    speed-perturbed cut: perturbation is applied to the audio, per cut and epoch, never stored). Tokens:
+    speed-perturbed or waveform-augmented cut: perturbation and augmentation are applied to the audio, per cut and
+    epoch, never stored). Tokens:
     ``tokenizer.encode`` of the supervision text(s). A cut whose audio or features cannot be loaded is left out of
     its batch with a warning naming the cut and the reason (``self.failed`` counts them in this process); a batch
     left empty gives ``None`` (the training step skips it).
@@ -566,11 +571,34 @@ class CutBatchDataset(torch.utils.data.Dataset):
     speeds : sequence of float
         Speed perturbation factors drawn per cut and epoch (:func:`speed_factor`); ``()`` = off.
     seed : int
+    wave_augment : dict or asr.data.augment.WaveAugmentConfig, optional
+        Waveform augmentation (reverberation, noise, band-limiting, gain; ``data.wave_augment``), drawn per
+        ``(seed, epoch, cut)`` by :class:`asr.data.augment.WaveAugment` and applied after speed perturbation. A cut
+        with any transform drawn gets its fbank computed from the augmented audio, whether or not it has stored
+        features (as a speed-perturbed cut does). None, empty or all probabilities 0 = off.
     """
 
-    def __init__(self, tokenizer, fbank: FbankOptions = FbankOptions(), speeds: Sequence[float] = (), seed: int = 0) -> None:
+    def __init__(self, tokenizer, fbank: FbankOptions = FbankOptions(), speeds: Sequence[float] = (), seed: int = 0, wave_augment=None) -> None:
         self.tokenizer, self.fbank, self.speeds, self.seed = tokenizer, fbank, tuple(float(s) for s in speeds), int(seed)
         self.failed = 0
+        self.wave_augment = None
+        if wave_augment:
+            from asr.data.augment import WaveAugment, WaveAugmentConfig, describe
+
+            cfg = wave_augment if isinstance(wave_augment, WaveAugmentConfig) else WaveAugmentConfig.from_dict(wave_augment)
+            if cfg.active:
+                self.wave_augment = WaveAugment(cfg, self.seed, fbank.sample_rate)
+                log.info("waveform augmentation: %s", describe(cfg))
+
+    def _augment(self, epoch: int, cut_id: str):
+        """The waveform callable of ``cut_id``'s draws in ``epoch``, or None (nothing drawn: stored fbank usable)."""
+        if self.wave_augment is None:
+            return None
+        plan = self.wave_augment.plan(epoch, cut_id)
+        if not plan:
+            return None
+        aug = self.wave_augment
+        return lambda wav: aug.apply(wav, plan)
 
     def __getitem__(self, item):
         from asr.data.dataset import make_collate
@@ -579,7 +607,7 @@ class CutBatchDataset(torch.utils.data.Dataset):
         rows = []
         for cut in cuts:
             try:
-                x = cut_fbank(cut, self.fbank, speed_factor(self.speeds, self.seed, epoch, cut.id))
+                x = cut_fbank(cut, self.fbank, speed_factor(self.speeds, self.seed, epoch, cut.id), self._augment(epoch, cut.id))
                 if not torch.isfinite(x).all():
                     raise ValueError("non-finite fbank values")
             except Exception as exc:  # noqa: BLE001 - a bad file costs its utterance, never the run

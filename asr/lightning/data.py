@@ -41,10 +41,13 @@ class ASRDataModule(L.LightningDataModule):
         lhotse's duration buckets and the number of cuts held for shuffling and bucketing.
     limit_train, limit_dev : int
         > 0: the first N cuts only (smoke runs).
+    wave_augment : dict, optional
+        Waveform augmentation of training cuts (``data.wave_augment``, :mod:`asr.data.augment`; None = off); dev
+        cuts are never augmented.
     """
 
     def __init__(self, train_cuts: str | Path, dev_cuts: str | Path, tokenizer, fbank: FbankOptions = FbankOptions(), batch_size: int = 32, max_duration: float = 0.0,
-                 num_workers: int = 0, seed: int = 0, speeds=(), num_buckets: int = 10, buffer_size: int = 20000, limit_train: int = 0, limit_dev: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, speeds=(), num_buckets: int = 10, buffer_size: int = 20000, limit_train: int = 0, limit_dev: int = 0, wave_augment=None) -> None:
         super().__init__()
         self.train_cuts, self.dev_cuts = Path(train_cuts), Path(dev_cuts)
         for p in (self.train_cuts, self.dev_cuts):
@@ -53,6 +56,11 @@ class ASRDataModule(L.LightningDataModule):
         self.batch_size, self.max_duration, self.num_workers, self.seed = batch_size, max_duration, num_workers, seed
         self.speeds, self.num_buckets, self.buffer_size = tuple(speeds), num_buckets, buffer_size
         self.limit_train, self.limit_dev = limit_train, limit_dev
+        self.wave_augment = dict(wave_augment) if wave_augment else None
+        if self.wave_augment:
+            from asr.data.augment import WaveAugmentConfig
+
+            WaveAugmentConfig.from_dict(self.wave_augment)  # a bad key or range fails here, not in a worker
         self.train_sampler: EpochSampler | None = None
 
     def _cuts(self, path: Path, limit: int):
@@ -64,8 +72,8 @@ class ASRDataModule(L.LightningDataModule):
             return None, None
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _loader(self, sampler: EpochSampler, speeds) -> DataLoader:
-        ds = CutBatchDataset(self.tokenizer, self.fbank, speeds, self.seed)
+    def _loader(self, sampler: EpochSampler, speeds, wave_augment=None) -> DataLoader:
+        ds = CutBatchDataset(self.tokenizer, self.fbank, speeds, self.seed, wave_augment)
         return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
@@ -76,7 +84,7 @@ class ASRDataModule(L.LightningDataModule):
             # a resumed run: the first epoch's iterator may be created before any epoch-start hook runs
             sampler.set_epoch(self.trainer.current_epoch)
         self.train_sampler = sampler
-        return self._loader(sampler, self.speeds)
+        return self._loader(sampler, self.speeds, self.wave_augment)
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self._ranks()
