@@ -12,12 +12,13 @@ from asr.features.fbank import GlobalCMVN
 from asr.models.attention import build_attention
 from asr.models.decoders.rnn import RNNAttentionDecoder
 from asr.models.decoders.transformer import TransformerDecoder
+from asr.models.encoders.conformer import ConformerEncoder
 from asr.models.encoders.pblstm import PyramidalBLSTMEncoder, make_pad_mask
 from asr.models.encoders.transformer import TransformerEncoder
 
 #: Encoder and decoder families by config name. A name registry, not Hydra ``_target_`` paths, so that a
 #: model config read back from a checkpoint can only ever build these classes.
-ENCODERS = {"pblstm": PyramidalBLSTMEncoder, "transformer": TransformerEncoder}
+ENCODERS = {"pblstm": PyramidalBLSTMEncoder, "transformer": TransformerEncoder, "conformer": ConformerEncoder}
 DECODERS = {"rnn": RNNAttentionDecoder, "transformer": TransformerDecoder}
 
 
