@@ -16,7 +16,8 @@
 #   4 training -> exp/<name>/checkpoints/{best,last,epochNNN}.ckpt
 #   5 checkpoint averaging (the kept epoch checkpoints -> avg<N>.ckpt; best.ckpt when --average 0) and
 #     (joint CTC/attention) beam search of train_dev and test -> exp/<name>/decode_{dev,test}_beam<K>[_ctc<w>][_avg<N>]/
-#   6 scoring (WER/CER) -> .../scoring/{wer.json,result.txt,per_utt.txt}
+#   6 scoring (WER/CER) -> .../scoring/{wer.json,result.txt,per_utt.txt}; --eval_sets true: also the robustness sets
+#     (8 kHz, noise, reverberation, silence; local/make_eval_sets.py) -> exp/<name>/eval_sets_<dtag>.txt
 #   7 alignment plots (worst and first utterances of test; a comparison of all trained scorers) and the
 #     browsable alignment report of test (asr-inspect: <decode_test>/report/index.html)
 set -euo pipefail
@@ -44,6 +45,9 @@ features=precomputed   # stage 2/4: precomputed (stored lilcom fbank) or on_the_
 nj=1                   # stage 2: processes computing fbank
 tokenizer_kind=bpe
 vocab_size=40
+eval_sets=false        # stage 6: also build (local/make_eval_sets.py, once), decode and score the robustness sets of AN4
+                       # test (data/{test_8k,test_noise10,test_noise0,test_reverb,silence,noise_only}); one parseable
+                       # line per set, also in <decode_exp>/eval_sets_<dtag>.txt
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
         --max_bad_fraction) max_bad_fraction="$2"; shift 2 ;;
         --features) features="$2"; shift 2 ;;
         --nj) nj="$2"; shift 2 ;;
+        --eval_sets) eval_sets="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -169,6 +174,34 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         log "stage 6: scoring ${d}"
         asr-score decode_dir="${d}"
     done
+    if [ "${eval_sets}" = true ]; then
+        eval_names=(test_8k test_noise10 test_noise0 test_reverb silence noise_only)
+        missing=()
+        for s in "${eval_names[@]}"; do [ -f "data/${s}/text" ] || missing+=("${s}"); done
+        if [ "${#missing[@]}" -gt 0 ]; then
+            log "stage 6: building evaluation sets ${missing[*]} from data/test"
+            python local/make_eval_sets.py build data/test data --sets "$(IFS=,; echo "${missing[*]}")"
+        fi
+        eval_ckpts=()
+        for m in "${members[@]}"; do eval_ckpts+=("${m}/checkpoints/$(basename "${ckpt}")"); done
+        eval_ens=()
+        [ "${#eval_ckpts[@]}" -gt 0 ] && eval_ens=("ensemble=[$(IFS=,; echo "${eval_ckpts[*]}")]")
+        summary="${decode_exp}/eval_sets_${dtag}.txt"
+        : > "${summary}.tmp"
+        for s in "${eval_names[@]}"; do
+            d="${decode_exp}/decode_${s}_${dtag}"
+            log "stage 6: decoding and scoring ${s} -> ${d}"
+            # shellcheck disable=SC2086
+            asr-decode ckpt="${ckpt}" "${eval_ens[@]}" data_dir="data/${s}" out_dir="${d}" beam_size="${beam_size}" \
+                ctc_weight="${ctc_weight}" length_penalty="${length_penalty}" ${decode_args}
+            # silence / noise_only: no reference words (WER undefined); summarize counts non-empty hypotheses
+            case "${s}" in silence|noise_only) ;; *) asr-score decode_dir="${d}" ;; esac
+            python local/make_eval_sets.py summarize "${d}" "${s}" >> "${summary}.tmp"
+        done
+        mv "${summary}.tmp" "${summary}"
+        log "stage 6: evaluation sets (${summary}):"
+        cat "${summary}"
+    fi
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
