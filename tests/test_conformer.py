@@ -15,6 +15,7 @@ import yaml
 from asr.models.asr_model import build_model
 from asr.models.config import ModelConfig
 from asr.models.encoders.conformer import ConformerEncoder, ConvolutionModule, relative_positions
+from asr.models.interfaces import Encoder
 from asr.models.layers import MultiHeadAttention, make_pad_mask, sinusoidal_positions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_shapes_lengths_and_zero_padding(batch):
     enc = _enc()
     xs, lens = batch
     hs, hs_lens = enc(xs, lens)
-    assert enc.subsampling_factor == 4 and enc.output_dim == 32
+    assert isinstance(enc, Encoder) and enc.subsampling_factor == 4 and enc.output_dim == 32
     assert hs.shape == (4, ((xs.shape[1] - 1) // 2 - 1) // 2, 32)
     assert hs_lens.tolist() == [((int(n) - 1) // 2 - 1) // 2 for n in lens] == enc.output_lengths(lens).tolist()
     assert len(set(hs_lens.tolist())) > 1  # the batch really is padded
