@@ -212,3 +212,40 @@ def test_datamodule_passes_augmentation_to_training_only(mini_an4):
     assert dm.val_dataloader().dataset.wave_augment is None
     with pytest.raises(ValueError, match="wave_augment"):
         ASRDataModule(dump / "train_nodev/cuts.jsonl.gz", dump / "train_dev/cuts.jsonl.gz", tok, wave_augment={"noise": {"prob": 2}})
+
+
+def test_augmented_batches_repeat_after_a_mid_epoch_resume_and_in_workers(mini_an4):
+    """What exact resume needs of the data: a sampler restored mid-epoch, in a fresh process-like state (new
+    dataset, new room bank, DataLoader workers), yields the batches, augmented audio included, of an
+    uninterrupted epoch."""
+    from torch.utils.data import DataLoader
+
+    from asr.data.lhotse_data import CutBatchDataset, load_cuts, make_sampler
+    from asr.text.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(mini_an4 / "data/token/char.model")
+    cuts = mini_an4 / "dump/train_nodev/cuts.jsonl.gz"
+    aug = {**ALL_ON, "noise": {"prob": 0.7}, "reverb": {"prob": 0.5, "rooms": 2}}
+
+    def sampler():
+        s = make_sampler(load_cuts(cuts), batch_size=2, seed=1, num_buckets=1)
+        s.set_epoch(3)
+        return s
+
+    ds = CutBatchDataset(tok, speeds=[0.9, 1.0, 1.1], seed=7, wave_augment=aug)
+    assert sum(bool(ds.wave_augment.plan(3, c.id)) for c in load_cuts(cuts)) >= 3
+    full = [ds[item] for item in sampler()]
+    s = sampler()
+    it = iter(s)
+    first = ds[next(it)]
+    state = s.state_dict()
+    resumed = sampler()
+    resumed.load_state_dict(state)
+    fresh = CutBatchDataset(tok, speeds=[0.9, 1.0, 1.1], seed=7, wave_augment=aug)
+    rest = [fresh[item] for item in resumed]
+    assert [b.ids for b in [first, *rest]] == [b.ids for b in full]
+    for a, b in zip([first, *rest], full):
+        assert torch.equal(a.feats, b.feats)
+    workers = list(DataLoader(CutBatchDataset(tok, speeds=[0.9, 1.0, 1.1], seed=7, wave_augment=aug), sampler=sampler(), batch_size=None, num_workers=2))
+    for a, b in zip(workers, full):
+        assert a.ids == b.ids and torch.equal(a.feats, b.feats)
