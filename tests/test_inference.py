@@ -132,7 +132,7 @@ def test_ctc_align_forced_path():
 def test_export_writes_the_model_directory(exported, tok):
     cfg = yaml.safe_load((exported / "config.yaml").read_text())
     # .asr-owned.json: what asr-export wrote (asr.utils.owned; tests/test_output_safety.py)
-    assert sorted(p.name for p in exported.iterdir()) == [".asr-owned.json", "README.md", "cmvn.safetensors", "config.yaml", "model.safetensors", "tokenizer.model"]
+    assert sorted(p.name for p in exported.iterdir()) == [".asr-owned.json", "README.md", "checksums.sha256", "cmvn.safetensors", "config.yaml", "model.safetensors", "tokenizer.model"]
     assert cfg["format"] == 1 and cfg["tokenizer"]["kind"] == "char" and cfg["tokenizer"]["vocab_size"] == tok.vocab_size
     assert cfg["features"] == {"num_mel_bins": 80, "frame_length_ms": 25.0, "frame_shift_ms": 10.0, "sample_rate": 16000, "dither": 0.0, "cmvn": "cmvn.safetensors"}
     assert cfg["decoding"]["ctc_weight"] == 0.3 and cfg["model"]["encoder"]["type"] == "pblstm"

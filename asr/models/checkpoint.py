@@ -37,6 +37,8 @@ __all__ = [
     "read_checkpoint",
     "check_stored_config",
     "check_model_size",
+    "expected_state",
+    "check_state_shapes",
     "MAX_MODEL_PARAMS",
     "MAX_CONFIG_INT",
     "model_state_dict",
@@ -159,12 +161,48 @@ def _config_ints(cfg: Any, path: str = "model") -> list[tuple[str, int]]:
     return [(path, cfg)] if isinstance(cfg, int) and not isinstance(cfg, bool) else []
 
 
+def expected_state(model_cfg: dict, tok: Tokenizer, feat_dim: int = 80, where: str = "checkpoint", max_params: int = MAX_MODEL_PARAMS) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict the stored model config builds, as ``meta`` tensors (names, shapes, dtypes; no memory), after
+    the sanity limits of :func:`check_model_size`.
+
+    Parameters
+    ----------
+    model_cfg, tok, feat_dim, where, max_params : as :func:`check_model_size`.
+
+    Returns
+    -------
+    state : dict
+        Name -> ``meta`` tensor (``AttentionASRModel.state_dict()`` of the config, CMVN buffers included).
+    n_params : int
+        The config's parameter count.
+
+    Raises
+    ------
+    ValueError
+        An integer config value above :data:`MAX_CONFIG_INT` (a ``*layers*``/``*heads*`` one above 1000), a config
+        that does not build, or more than ``max_params`` parameters.
+    """
+    for key, v in _config_ints(model_cfg):
+        limit = _MAX_LAYERS if ("layers" in key or "heads" in key) else MAX_CONFIG_INT
+        if v > limit:
+            raise ValueError(f"refusing {where}: stored config {key}={v} exceeds the sanity limit {limit}")
+    try:
+        with torch.device("meta"):
+            ghost = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, feat_dim)
+    except (TypeError, KeyError, ValueError, RuntimeError, AttributeError, IndexError, RecursionError) as exc:
+        raise ValueError(f"refusing {where}: its stored model config does not build ({type(exc).__name__}: {exc})") from exc
+    n_cfg = sum(p.numel() for p in ghost.parameters())
+    if n_cfg > max_params:
+        raise ValueError(f"refusing {where}: its stored config describes {n_cfg:,} parameters, more than the limit {max_params:,}")
+    return ghost.state_dict(), n_cfg
+
+
 def check_model_size(model_cfg: dict, state: dict[str, torch.Tensor], tok: Tokenizer, feat_dim: int = 80, where: str = "checkpoint", max_params: int = MAX_MODEL_PARAMS) -> int:
     """Check a stored model config against sane bounds and the stored tensors, allocating nothing.
 
-    The model is built on PyTorch's ``meta`` device (shapes only, no memory), so a config asking for
-    ``hidden_size: 40000`` costs nothing here; its parameter count must stay under ``max_params`` and every
-    parameter/buffer shape must equal that of the stored tensor of the same name.
+    The model is built on PyTorch's ``meta`` device (shapes only, no memory; :func:`expected_state`), so a config
+    asking for ``hidden_size: 40000`` costs nothing here; its parameter count must stay under ``max_params`` and
+    every parameter/buffer shape must equal that of the stored tensor of the same name.
 
     Parameters
     ----------
@@ -185,25 +223,27 @@ def check_model_size(model_cfg: dict, state: dict[str, torch.Tensor], tok: Token
         (missing, unexpected or differently shaped names; the message gives both counts and the first
         difference).
     """
-    for key, v in _config_ints(model_cfg):
-        limit = _MAX_LAYERS if ("layers" in key or "heads" in key) else MAX_CONFIG_INT
-        if v > limit:
-            raise ValueError(f"refusing {where}: stored config {key}={v} exceeds the sanity limit {limit}")
-    try:
-        with torch.device("meta"):
-            ghost = build_model(model_cfg, tok.vocab_size, tok.sos_id, tok.eos_id, tok.pad_id, feat_dim)
-    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"refusing {where}: its stored model config does not build ({type(exc).__name__}: {exc})") from exc
-    n_cfg = sum(p.numel() for p in ghost.parameters())
-    if n_cfg > max_params:
-        raise ValueError(f"refusing {where}: its stored config describes {n_cfg:,} parameters, more than the limit {max_params:,}")
-    want = {k: tuple(v.shape) for k, v in ghost.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    ghost, n_cfg = expected_state(model_cfg, tok, feat_dim, where, max_params)
+    check_state_shapes(ghost, state, where, n_cfg)
+    return n_cfg
+
+
+def check_state_shapes(ghost: dict[str, torch.Tensor], state: dict[str, Any], where: str = "checkpoint", n_params: int | None = None) -> None:
+    """Compare stored tensors (or their shapes as tuples) with :func:`expected_state`'s by name and shape;
+    ``n_params`` (the config's parameter count) is only quoted in the error.
+
+    Raises
+    ------
+    ValueError
+        Missing, unexpected or differently shaped names (the message gives the first difference).
+    """
+    n_cfg = n_params if n_params is not None else sum(v.numel() for k, v in ghost.items() if not k.startswith("cmvn."))
+    want = {k: tuple(v.shape) for k, v in ghost.items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items() if isinstance(v, (torch.Tensor, tuple))}
     if want != have:
-        n_have = sum(math.prod(s) for k, s in have.items() if k in dict(ghost.named_parameters()))
+        n_have = sum(math.prod(s) for k, s in have.items() if k in want and not k.startswith("cmvn."))
         diff = next((f"{k}: config {want.get(k)} vs stored {have.get(k)}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)), "")
         raise ValueError(f"refusing {where}: its stored config gives {n_cfg:,} parameters but its tensors do not match ({n_have:,} stored; first difference {diff})")
-    return n_cfg
 
 
 def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
