@@ -201,6 +201,11 @@ def test_checksums_are_checked_when_present(model_dir):
     _refused(model_dir, r"model.safetensors: checksum mismatch \(sha256 [0-9a-f]{16}…, checksums.sha256 says [0-9a-f]{16}…\)")
     _write_checksums(model_dir, FILES[:3])
     _refused(model_dir, r"checksums.sha256: does not list tokenizer.model")
+    _write_checksums(model_dir, FILES[1:])  # config.yaml need not be listed: it may be edited ...
+    _edit_cfg(model_dir, lambda c: c["decoding"].update(beam_size=2))
+    _load(model_dir)
+    _edit_cfg(model_dir, lambda c: c["tokenizer"].update(vocab_size=39))  # ... and is still checked against the files
+    _refused(model_dir, "config.yaml says tokenizer.vocab_size=39")
     (model_dir / "checksums.sha256").write_text("not a checksum line\n")
     _refused(model_dir, r"checksums.sha256: line 1 is not")
     _write_checksums(model_dir)
@@ -214,7 +219,7 @@ def test_export_writes_checksums_that_sha256sum_accepts(ctc_model_dir, ctc_ckpt,
     from asr.models.pretrained import load_model
 
     lines = (ctc_model_dir / "checksums.sha256").read_text().splitlines()
-    assert sorted(x.split("  ")[1] for x in lines) == sorted(FILES)
+    assert sorted(x.split("  ")[1] for x in lines) == sorted(FILES[1:])  # config.yaml stays editable
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "--quiet", "-c", "checksums.sha256"], cwd=ctc_model_dir, check=True)
     export(ctc_ckpt, tmp_path / "fp16", dtype="float16")

@@ -4,7 +4,7 @@
     asr-export ckpt=... out_dir=... dtype=float16 'decode_dirs=[exp/x/decode_test_beam10_ctc0.3_avg5]' license=apache-2.0
 
 Writes the files of :mod:`asr.models.pretrained` (``config.yaml``, ``model.safetensors``, ``cmvn.safetensors``,
-``tokenizer.model``, and ``checksums.sha256``: their SHA-256 sums, checked by every load and by
+``tokenizer.model``, and ``checksums.sha256``: the SHA-256 sums of the last three, checked by every load and by
 ``sha256sum -c checksums.sha256``) and ``README.md``, a model card: architecture, parameters, training data and run (from the
 experiment's ``config.yaml`` and ``train_summary.json`` beside ``checkpoints/`` when present), the results rows the
 checkpoint was evaluated with (the ``decode_*`` folders of its experiment whose ``meta.json`` names this checkpoint,

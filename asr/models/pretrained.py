@@ -12,8 +12,10 @@ A model directory holds, as a Hugging Face model repository does:
 * ``model.safetensors``: the model's weights without the CMVN statistics, as ``float32`` or ``float16``;
 * ``cmvn.safetensors``: the global CMVN ``mean`` and ``istd`` (``1 / std``) buffers, always ``float32``;
 * ``tokenizer.model``: the sentencepiece model;
-* ``checksums.sha256`` (optional; :data:`CHECKSUMS`): the SHA-256 of the four files above, in ``sha256sum``'s
-  format (``sha256sum -c checksums.sha256`` checks it too);
+* ``checksums.sha256`` (optional; :data:`CHECKSUMS`): the SHA-256 of the weights, CMVN and tokenizer files, in
+  ``sha256sum``'s format (``sha256sum -c checksums.sha256`` checks it too). ``config.yaml`` is left out on purpose:
+  it is the human-editable part (e.g. its ``decoding`` options) and is itself checked against those files on every
+  load; a checksum list that does name it (one written by hand with ``sha256sum``) is honoured;
 * ``README.md``: the model card, and ``.asr-owned.json``, the list of files ``asr-export`` wrote
   (:mod:`asr.utils.owned`).
 
@@ -188,7 +190,8 @@ def save_model_dir(
     for name in (WEIGHTS, CMVN, TOKENIZER, CONFIG):
         with atomic_open(out / name, "wb") as f:
             f.write(blobs[name])
-    atomic_write_text("".join(f"{hashlib.sha256(blobs[name]).hexdigest()}  {name}\n" for name in (CONFIG, WEIGHTS, CMVN, TOKENIZER)), out / CHECKSUMS)
+    # the binary files only: config.yaml stays editable (its decoding options), and is verified against them on load
+    atomic_write_text("".join(f"{hashlib.sha256(blobs[name]).hexdigest()}  {name}\n" for name in (WEIGHTS, CMVN, TOKENIZER)), out / CHECKSUMS)
     return config
 
 
@@ -300,15 +303,16 @@ def _read_checksums(d: Path) -> dict[str, str]:
     return out
 
 
-def _verify_checksums(d: Path, needed: dict[str, str]) -> None:
-    """Each file the checksum list names has its sum; the files the loader reads (``needed``: name -> kind) must be
-    listed."""
+def _verify_checksums(d: Path, needed: dict[str, str], optional: dict[str, str]) -> None:
+    """Each file the checksum list names has its sum; ``needed`` (name -> kind: the binary files the loader reads)
+    must be listed, ``optional`` ones (``config.yaml``) are checked when listed."""
     sums = _read_checksums(d)
+    needed_kinds = {**optional, **needed}
     missing = sorted(set(needed) - set(sums))
     if missing:
         raise ModelLoadError(d / CHECKSUMS, f"does not list {', '.join(missing)}")
     for name, digest in sums.items():
-        got = sha256_inside(d, name, needed.get(name, "weights"))
+        got = sha256_inside(d, name, needed_kinds.get(name, "weights"))
         if got != digest:
             raise ModelLoadError(d / name, f"checksum mismatch (sha256 {got[:16]}…, {CHECKSUMS} says {digest[:16]}…)")
 
@@ -423,7 +427,7 @@ def _load_model_dir(d: Path, map_location: str | torch.device, verify: bool) -> 
     tok_file = tcfg.get("file", TOKENIZER)
     w_file = wcfg.get("file", WEIGHTS)
     if verify and os.path.lexists(d / CHECKSUMS):
-        _verify_checksums(d, {CONFIG: "config", str(w_file): "weights", str(cmvn_file): "cmvn", str(tok_file): "tokenizer"})
+        _verify_checksums(d, {str(w_file): "weights", str(cmvn_file): "cmvn", str(tok_file): "tokenizer"}, {CONFIG: "config"})
     _check_features(features, cfg_path)
     try:
         fbank = fbank_options({"fbank": features})
