@@ -190,6 +190,8 @@ class Speech2Text:
         ``longform_max_s`` seconds cut at pauses (:class:`~asr.decoding.longform.SegmentOptions`; 0: never split).
     max_frames : int
         Most padded fbank frames per batch (0: no cap).
+    lm : asr.models.lm.LSTMLM, optional
+        Language model for shallow fusion (weight: ``options.lm_weight``).
     threads : int or None
         torch CPU threads of this process (``torch.set_num_threads``, process-wide): ``> 0`` that many; ``0`` (default)
         auto, the usable cores not busy with other processes, or ``OMP_NUM_THREADS`` when set
@@ -205,7 +207,7 @@ class Speech2Text:
     def __init__(
         self, model: AttentionASRModel, tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions, device: str | torch.device = "cpu",
         longform_max_s: float = SegmentOptions.max_s, longform_min_s: float = SegmentOptions.min_s, max_frames: int = 20000,
-        threads: int | None = 0,
+        threads: int | None = 0, lm: Any = None,
     ) -> None:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
@@ -214,21 +216,22 @@ class Speech2Text:
 
             self.threads = configure_threads(threads)
         segments = SegmentOptions(max_s=longform_max_s, min_s=min(longform_min_s, longform_max_s))
-        self.engine = Engine(model, tokenizer, fbank, options, device=device, batch_size=8, max_frames=max_frames, segments=segments)
+        self.engine = Engine(model, tokenizer, fbank, options, device=device, batch_size=8, max_frames=max_frames, segments=segments, lm=lm)
         self.device, self.model = self.engine.device, self.engine.model
         self.tokenizer, self.fbank, self.options = tokenizer, fbank, options
 
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | os.PathLike[str], device: str | torch.device = "cpu", revision: str | None = None, cache_dir: str | None = None,
-        threads: int | None = 0, **decoding_options: Any,
+        threads: int | None = 0, lm: str | os.PathLike[str] | None = None, **decoding_options: Any,
     ) -> "Speech2Text":
         """Load a model directory, a ``.ckpt`` training checkpoint or a Hugging Face repository id.
 
         ``decoding_options`` (``beam_size``, ``ctc_weight``, ``length_penalty``, ... any
         :class:`DecodingOptions` field) override the model's recorded options (``config.yaml`` ``decoding``),
         which override the defaults of :class:`DecodingOptions` (:func:`~asr.decoding.search.resolve_options`:
-        without a CTC branch λ is 0). ``threads`` as the constructor's (default auto).
+        without a CTC branch λ is 0). ``threads`` as the constructor's (default auto). ``lm``: a language model file
+        of ``asr-train-lm`` (the model's tokenizer) fused with ``lm_weight`` (:class:`DecodingOptions`).
 
         Raises
         ------
@@ -243,7 +246,12 @@ class Speech2Text:
         resolve_options(None, decoding_options)  # a bad option fails before the model is read
         model, tok, fbank, info = load_model(path)
         options = resolve_options(model, {**info["decoding"], **decoding_options})
-        return cls(model, tok, fbank, options, device, threads=threads)
+        lm_model = None
+        if lm:
+            from asr.models.lm import load_lm
+
+            lm_model = load_lm(lm, tok)
+        return cls(model, tok, fbank, options, device, threads=threads, lm=lm_model)
 
     # ---- input ------------------------------------------------------------------------------------------------
     def _input(self, i: int, x: Any, sample_rate: int | None) -> EngineInput:

@@ -212,6 +212,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = ASRDataModule(
         train_cuts, dev_cuts, tokenizer, fb, int(d.batch_size), max_duration, int(d.num_workers), int(cfg.seed), list(d.get("speed_perturb") or []),
         int(d.get("num_buckets", 10)), int(d.get("buffer_size", 20000)), int(d.limit_train or 0), int(d.limit_dev or 0),
+        wave_augment=OmegaConf.to_container(d.wave_augment, resolve=True) if d.get("wave_augment") else None,
     )
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

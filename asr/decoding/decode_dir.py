@@ -105,6 +105,8 @@ def resume_settings(cfg: Mapping[str, Any], opts: DecodingOptions) -> dict[str, 
         **source,
         "longform_max_s": float(cfg.get("longform_max_s", 0) or 0),
     }
+    if cfg.get("lm"):
+        settings["lm"] = {"path": str(Path(cfg["lm"]).resolve()), "sha256": model_sha256(cfg["lm"])}
     members = _ensemble_paths(cfg)
     if members:
         settings["ensemble"] = [{"checkpoint": str(Path(c).resolve()), "checkpoint_sha256": model_sha256(c)} for c in members]
@@ -188,7 +190,7 @@ def load_engine(cfg: Mapping[str, Any], device: str | None = None) -> Engine:
     :meth:`~asr.decoding.engine.Engine.load`."""
     seg = check_settings(cfg)
     return Engine.load(
-        cfg["ckpt"], _ensemble_paths(cfg), given_options(cfg), device=device or cfg.get("device", "cpu"), batch_size=cfg.get("batch_size", 16),
+        cfg["ckpt"], _ensemble_paths(cfg), given_options(cfg), lm=cfg.get("lm") or None, device=device or cfg.get("device", "cpu"), batch_size=cfg.get("batch_size", 16),
         max_frames=cfg.get("max_frames", 0) or 0, segments=seg,
     )
 
@@ -306,6 +308,7 @@ def _meta(cfg: Mapping[str, Any], engine: Engine, **counts: Any) -> dict[str, An
     return build_meta(
         engine.options,
         checkpoint=str(cfg["ckpt"]),
+        **({"lm": str(cfg["lm"])} if cfg.get("lm") else {}),
         **({"ensemble": [str(cfg["ckpt"]), *members]} if members else {}),
         attention=model_cfg["attention"]["type"],
         encoder=model_cfg["encoder"]["type"],

@@ -323,7 +323,7 @@ class Engine:
     def __init__(
         self, models: AttentionASRModel | Sequence[AttentionASRModel], tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions,
         device: str | torch.device = "cpu", batch_size: int = 16, max_frames: int = 20000, segments: SegmentOptions | None = None,
-        chunk_frames: int = CHUNK_FRAMES, info: dict[str, Any] | None = None,
+        chunk_frames: int = CHUNK_FRAMES, info: dict[str, Any] | None = None, lm: Any = None,
     ) -> None:
         check_batching(batch_size, max_frames)
         self.device = check_device(device)
@@ -334,16 +334,22 @@ class Engine:
         self.segments = dataclasses.replace(segments or SegmentOptions(max_s=0.0, min_s=0.0), frame_shift_s=fbank.frame_shift_s)
         self.min_frames = min_input_frames(self.models)
         self.info = dict(info or {})
+        self.lm = lm.to(self.device).eval() if lm is not None else None  # shallow fusion (asr.models.lm; options.lm_weight)
         self.stats = {"n_batches": 0, "decode_s": 0.0, "audio_s": 0.0, "n_length_limit": 0, "n_no_speech": 0}
 
     @classmethod
-    def load(cls, path: str | Path, ensemble: Sequence[str | Path] = (), options: dict[str, Any] | None = None, **kw: Any) -> "Engine":
+    def load(cls, path: str | Path, ensemble: Sequence[str | Path] = (), options: dict[str, Any] | None = None, lm: str | Path | None = None, **kw: Any) -> "Engine":
         """An engine for a model directory or checkpoint (plus ``ensemble`` members): search options ``options``
-        over the model's recorded ones over the defaults (:func:`~asr.decoding.search.resolve_options`); ``kw``
-        as the constructor's. Raises as :func:`load_members`, :func:`~asr.decoding.search.resolve_options` and
-        the constructor."""
+        over the model's recorded ones over the defaults (:func:`~asr.decoding.search.resolve_options`); ``lm`` a
+        language model file (``asr-train-lm``, :func:`asr.models.lm.load_lm`: refused when its tokenizer is not the
+        model's) fused with ``lm_weight``; ``kw`` as the constructor's. Raises as :func:`load_members`,
+        :func:`~asr.decoding.search.resolve_options`, :func:`~asr.models.lm.load_lm` and the constructor."""
         paths = [path, *ensemble]
         models, tok, fbank, info = load_members(paths)
+        if lm:
+            from asr.models.lm import load_lm
+
+            kw["lm"] = load_lm(lm, tok)
         opts = resolve_options(models, {**info["decoding"], **(options or {})})
         if len(models) > 1 and opts.ctc_weight > 0:
             for p, m in zip(paths, models):
@@ -474,6 +480,8 @@ class Engine:
             raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
         if nbest > 1 and opts.beam_size < nbest:
             raise ValueError(f"nbest={nbest} needs beam_size >= {nbest} (decoding with beam_size={opts.beam_size})")
+        if opts.lm_weight > 0 and self.lm is None:
+            raise ValueError(f"lm_weight={opts.lm_weight} needs a language model (lm=<file of asr-train-lm>)")
         missing = [i for i, m in enumerate(self.models) if m.ctc is None]
         if opts.ctc_weight > 0 and missing:
             which = "the model has" if len(self.models) == 1 else f"ensemble member(s) {missing} have"
@@ -593,7 +601,7 @@ class Engine:
         feats = [x for _, _, x in items]
         xs = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device)
         lens = torch.tensor([f.shape[0] for f in feats], device=self.device)
-        outs = _decode_isolated(self.models, xs, lens, opts, nbest=nbest, ctc_posteriors=timestamps)
+        outs = _decode_isolated(self.models, xs, lens, opts, nbest=nbest, ctc_posteriors=timestamps, lm=self.lm)
         enc_lens = self.model.encoder.output_lengths(lens).tolist()
         shift = self.fbank.frame_shift_s
         for j, ((res, unit, x), out) in enumerate(zip(items, outs)):
@@ -622,7 +630,7 @@ def _warn(message: str) -> None:
     warnings.warn_explicit(message, AudioInputWarning, __file__, _warn.__code__.co_firstlineno, module="asr.decoding.engine", registry=None)
 
 
-def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int, ctc_posteriors: bool) -> list[tuple[list[Hypothesis], Tensor | None]]:
+def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int, ctc_posteriors: bool, lm: Any = None) -> list[tuple[list[Hypothesis], Tensor | None]]:
     """Per utterance: its hypotheses, best first (one from :func:`decode_batch`, or with ``nbest`` > 1 the beam's
     finished ones, up to ``2 * nbest`` to leave room for hypotheses whose texts coincide), and with
     ``ctc_posteriors`` the first model's ``(S, V)`` CTC log-posteriors (None without a CTC branch). The encoder
@@ -632,17 +640,17 @@ def _search(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: Dec
         encoded = first.encode(xs, lens)
         ctc = ctc_log_probs(first, encoded[0]).cpu()
     if nbest > 1:
-        lists = beam_search(models, xs, lens, opts, nbest=2 * nbest, encoded=encoded)
+        lists = beam_search(models, xs, lens, opts, nbest=2 * nbest, encoded=encoded, lm=lm)
     else:
-        lists = [[h] for h in decode_batch(models, xs, lens, opts, encoded=encoded)]
+        lists = [[h] for h in decode_batch(models, xs, lens, opts, encoded=encoded, lm=lm)]
     return [(hyps, ctc[i] if ctc is not None else None) for i, hyps in enumerate(lists)]
 
 
-def _decode_isolated(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int = 1, ctc_posteriors: bool = False) -> list[tuple[list[Hypothesis], Tensor | None] | Exception]:
+def _decode_isolated(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, opts: DecodingOptions, nbest: int = 1, ctc_posteriors: bool = False, lm: Any = None) -> list[tuple[list[Hypothesis], Tensor | None] | Exception]:
     """:func:`_search`, one failure not taking the others down: when the batch fails it is decoded one
     utterance at a time and an utterance that fails alone gets its exception in place of its result."""
     try:
-        return list(_search(models, xs, lens, opts, nbest, ctc_posteriors))
+        return list(_search(models, xs, lens, opts, nbest, ctc_posteriors, lm))
     except Exception as exc:  # noqa: BLE001 -- any model error of one input must not stop the others
         if xs.shape[0] == 1:
             return [exc]
@@ -651,7 +659,7 @@ def _decode_isolated(models: list[AttentionASRModel], xs: Tensor, lens: Tensor, 
     for i in range(xs.shape[0]):
         n = int(lens[i])
         try:
-            out.append(_search(models, xs[i : i + 1, :n], lens[i : i + 1], opts, nbest, ctc_posteriors)[0])
+            out.append(_search(models, xs[i : i + 1, :n], lens[i : i + 1], opts, nbest, ctc_posteriors, lm)[0])
         except Exception as exc:  # noqa: BLE001
             out.append(exc)
     return out

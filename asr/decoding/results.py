@@ -68,6 +68,9 @@ SEGMENTS = "segments.jsonl"
 #: Key of a partial row holding its input file's :func:`input_signature` (left out of ``results.jsonl``).
 INPUT_KEY = "_input"
 LOCK_FILE = ".decode.lock"
+#: Largest attention matrix ``(U + 1) x S`` read back (an hour of 40 ms frames by 2000 tokens), and all of a folder's.
+MAX_ATTENTION_ELEMENTS = 2000 * 90_000
+MAX_ATTENTION_TOTAL = 2_000_000_000
 #: Bytes hashed at each end of an input file by :func:`input_signature`.
 SIGNATURE_BLOCK = 64 * 1024
 #: Final outputs a decode writes in its folder: files, then the folders other tools write about its results
@@ -88,7 +91,7 @@ RESUME_NAMES = (LOCK_FILE, PARTIAL_DIR, PARTIAL_RESULTS, SHARDS_DIR)
 #: detection before ``end_detect_m``). Since
 #: :func:`build_meta`, every field of :class:`DecodingOptions` is recorded.
 UNRECORDED_OPTIONS = {"ctc_weight": 0.0, "length_penalty": 0.5, "max_len_ratio": 1.5, "min_len": 5, "end_detect_m": 0, "end_detect_d": -10.0,
-                      "att_window_back": -1, "att_window_ahead": -1, "att_window_restart": True, "hard_attention": False, "no_speech_db": 0.0}
+                      "att_window_back": -1, "att_window_ahead": -1, "att_window_restart": True, "hard_attention": False, "no_speech_db": 0.0, "lm_weight": 0.0}
 
 
 # ---- rows and attention ---------------------------------------------------------------------------------------
@@ -203,9 +206,17 @@ def read_attention(decode_dir: str | Path, utt_ids: Iterable[str] | None = None)
     FileNotFoundError
         No ``attention.npz``.
     ValueError
-        An id of ``utt_ids`` has no matrix (the message names the file and the id).
+        An id of ``utt_ids`` has no matrix (the message names the file and the id); a member larger than
+        :data:`MAX_ATTENTION_ELEMENTS` elements, all together more than :data:`MAX_ATTENTION_TOTAL`, or an object
+        array (:func:`asr.utils.safe_read.safe_npz_shapes`, from the headers, before allocation).
     """
     path = Path(decode_dir) / ATTENTION
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    from asr.utils.safe_read import safe_npz_shapes
+
+    # Shapes from the .npy headers before anything is allocated: a small file cannot ask for gigabytes.
+    safe_npz_shapes(path, max_elements=MAX_ATTENTION_ELEMENTS, max_total_elements=MAX_ATTENTION_TOTAL)
     with np.load(path) as z:
         ids = list(z.files) if utt_ids is None else list(utt_ids)
         missing = [u for u in ids if u not in z.files]

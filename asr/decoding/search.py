@@ -94,6 +94,10 @@ class DecodingOptions:
         measured with models/an4_pblstm_x4 (:mod:`asr.decoding.nospeech`): digital silence 0, white, brown noise and
         hum 0-2.9 dB at any level; AN4 speech 21.5-56 dB (90 clips), and 12.7 dB at the least in white noise at 0 dB
         SNR. Model-independent (fbank only), so it holds for models without a CTC branch as well.
+    lm_weight : float
+        β of language-model shallow fusion (Gulcehre et al. 2015; Kannan et al. 2018): every candidate scores
+        ``(1 - λ) log p_att + λ Δ log p_ctc + β log p_lm`` (ESPnet's combination), the LM an
+        :class:`asr.models.lm.LSTMLM` given to the engine (``lm=``). 0 (default) = no LM. Chosen on dev.
     """
 
     beam_size: int = 10
@@ -108,6 +112,7 @@ class DecodingOptions:
     att_window_restart: bool = True
     hard_attention: bool = False
     no_speech_db: float = 6.0
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         """Check every option's type and range; numbers given as ``int`` where a float is meant are converted.
@@ -129,13 +134,15 @@ class DecodingOptions:
                 raise ValueError(f"{name} must be >= {lo}, got {v}")
         if self.beam_size > MAX_BEAM_SIZE:
             raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {self.beam_size}")
-        for name in ("max_len_ratio", "length_penalty", "ctc_weight", "end_detect_d", "no_speech_db"):
+        for name in ("max_len_ratio", "length_penalty", "ctc_weight", "end_detect_d", "no_speech_db", "lm_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
         if self.max_len_ratio <= 0:
             raise ValueError(f"max_len_ratio must be > 0, got {self.max_len_ratio}")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0 (0 = no language model), got {self.lm_weight}")
         if self.no_speech_db < 0:
             raise ValueError(f"no_speech_db must be >= 0 (0 = off), got {self.no_speech_db}")
         if self.length_penalty < 0:
@@ -379,7 +386,7 @@ def ctc_greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Deco
 
 
 @torch.no_grad()
-def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), encoded: Encoded | None = None) -> list[Hypothesis]:
+def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), encoded: Encoded | None = None, lm: Any = None) -> list[Hypothesis]:
     """Arg-max decoding of a batch (of the mean of the members' log-probabilities for an ensemble).
 
     Parameters
@@ -409,8 +416,13 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
     toks, atts = [], []
     restarts = opts.windowed and opts.att_window_restart
     since = torch.zeros(b, dtype=torch.long, device=hs.device)  # tokens emitted since the last (re)start
+    use_lm = lm is not None and opts.lm_weight > 0
+    lm_state = lm.init_state(b, hs.device) if use_lm else None
     for t in range(int(max_lens.max())):
         logp, w = _ensemble_step(members, y, 0.0)
+        if use_lm:  # shallow fusion: + beta log p_lm
+            lm_logp, lm_state = lm.step(y, lm_state)
+            logp = logp + opts.lm_weight * lm_logp
         logp = _mask_special(logp, first)
         if restarts:  # a (re)started utterance emits a token before it may end again: decoding always advances
             logp[:, first.eos_id] = logp[:, first.eos_id].masked_fill(~members[0].state.window_end & (since == 0), float("-inf"))
@@ -430,6 +442,9 @@ def greedy_search(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: Decoding
             for m in members:
                 m.state = m.model.decoder.restart(m.state, restart)
             y = torch.where(restart, torch.full_like(y, first.sos_id), y)
+            if use_lm:  # a new utterance starts: the LM forgets the previous one
+                keep = (~restart).to(lm_state.h.dtype)[None, :, None]
+                lm_state.h, lm_state.c = lm_state.h * keep, lm_state.c * keep
     toks_t, atts_t = torch.stack(toks, 1).cpu(), torch.stack(atts, 1).cpu()
     out = []
     for i in range(b):
@@ -512,7 +527,7 @@ def forced_attention(member: "_Member", rows: Tensor, hyps: list[list[int]], hs_
 @torch.no_grad()
 def beam_search(
     model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions = DecodingOptions(), use_ctc: bool | None = None, nbest: int = 0,
-    encoded: Encoded | None = None,
+    encoded: Encoded | None = None, lm: Any = None,
 ) -> list[Hypothesis] | list[list[Hypothesis]]:
     """Beam search over a batch, all ``B x K`` hypotheses advanced in one step.
 
@@ -572,8 +587,13 @@ def beam_search(
     # Utterances still searched (row bi of the tensors below is utterance alive[bi]); done ones are dropped
     # from every tensor and member state, so they cost nothing while the others go on (results unchanged).
     alive = list(range(b))
+    use_lm = lm is not None and opts.lm_weight > 0
+    lm_state = lm.init_state(b * k, dev) if use_lm else None
     for t in range(int(max_lens.max())):
         logp, _ = _ensemble_step(members, y, lam)
+        if use_lm:  # shallow fusion: (1 - lambda) att + lambda ctc + beta lm
+            lm_logp, lm_state = lm.step(y, lm_state)
+            logp = logp + opts.lm_weight * lm_logp
         logp = _mask_special(logp, first).view(-1, k, v)
         cand = (scores[:, :, None] + logp).view(-1, k * v)
         n_cand = min(2 * k, k * v)
@@ -598,6 +618,8 @@ def beam_search(
         y = tok.gather(1, keep).view(-1)
         for member in members:
             member.select(src, y)
+        if use_lm:
+            lm_state = lm_state.select(src)
         hist = torch.cat([hist.index_select(0, src), y[:, None]], 1)
         # A live hypothesis can only lose log-probability, so its best possible ranking score is its score
         # now divided by the largest length it may reach; an utterance is done once a finished hypothesis
@@ -626,6 +648,8 @@ def beam_search(
             rows = (kept[:, None] * k + torch.arange(k, device=dev)[None, :]).view(-1)
             for member in members:
                 member.keep(rows)
+            if use_lm:
+                lm_state = lm_state.select(rows)
             alive = [alive[bi] for bi in kept.tolist()]
             scores, y, hist, max_lens = scores.index_select(0, kept), y.index_select(0, rows), hist.index_select(0, rows), max_lens.index_select(0, kept.to(max_lens.device))
             base = base[: len(alive)]
@@ -642,16 +666,18 @@ def beam_search(
     return out if nbest else [r[0] for r in out]
 
 
-def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions, encoded: Encoded | None = None) -> list[Hypothesis]:
+def decode_batch(model: Models, xs_pad: Tensor, xs_lens: Tensor, opts: DecodingOptions, encoded: Encoded | None = None, lm: Any = None) -> list[Hypothesis]:
     """CTC greedy when ``opts.ctc_weight == 1`` and ``beam_size == 1`` (an ensemble: CTC-only beam search with
     one hypothesis, the mean of the members' prefix scores); attention greedy when ``beam_size == 1`` and
     ``ctc_weight == 0``; else (joint) beam search. ``model``: one model or an ensemble (module docstring); ``encoded``: the first model's
-    encoder output when already computed (:func:`greedy_search`)."""
-    if opts.ctc_weight >= 1.0 and opts.beam_size <= 1 and len(ensemble_members(model)) == 1:
+    encoder output when already computed (:func:`greedy_search`); ``lm``: an LM fused with ``opts.lm_weight`` (CTC
+    greedy has no per-token step to fuse it into, so with an LM that case runs as a one-hypothesis beam search)."""
+    fuse = lm is not None and opts.lm_weight > 0
+    if opts.ctc_weight >= 1.0 and opts.beam_size <= 1 and len(ensemble_members(model)) == 1 and not fuse:
         return ctc_greedy_search(model, xs_pad, xs_lens, opts, encoded)
     if opts.beam_size <= 1 and opts.ctc_weight == 0:
-        return greedy_search(model, xs_pad, xs_lens, opts, encoded)
-    return beam_search(model, xs_pad, xs_lens, opts, encoded=encoded)
+        return greedy_search(model, xs_pad, xs_lens, opts, encoded, lm=lm)
+    return beam_search(model, xs_pad, xs_lens, opts, encoded=encoded, lm=lm)
 
 
 def resolve_options(model: Models | None, given: dict[str, Any] | None = None) -> DecodingOptions:
