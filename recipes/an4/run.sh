@@ -12,7 +12,8 @@
 #   1 data preparation -> data/{train_nodev,train_dev,test} (Kaldi data dirs + lhotse cuts.jsonl.gz + bad_utts.tsv reports)
 #   2 fbank of train_nodev and train_dev stored as lilcom chunks (--features precomputed; on_the_fly: none, the loader
 #     computes it) + global CMVN statistics of train_nodev -> dump/<split>/{cuts.jsonl.gz,feats.*.lca}, dump/train_nodev/cmvn.pt
-#   3 sentencepiece tokenizer on train_nodev text -> data/token/
+#   3 sentencepiece tokenizer on train_nodev text -> data/token/; with --lm_weight > 0 also a token LSTM language
+#     model on the train_nodev transcripts (asr-train-lm, best dev perplexity) -> exp/lm_<tokenizer>/lstm_lm.pt
 #   4 training -> exp/<name>/checkpoints/{best,last,epochNNN}.ckpt
 #   5 checkpoint averaging (the kept epoch checkpoints -> avg<N>.ckpt; best.ckpt when --average 0) and
 #     (joint CTC/attention) beam search of train_dev and test -> exp/<name>/decode_{dev,test}_beam<K>[_ctc<w>][_avg<N>]/
@@ -45,6 +46,8 @@ features=precomputed   # stage 2/4: precomputed (stored lilcom fbank) or on_the_
 nj=1                   # stage 2: processes computing fbank
 tokenizer_kind=bpe
 vocab_size=40
+lm_weight=0            # > 0: stage 3 trains an LSTM LM on the training transcripts and stage 5 fuses it with this
+                       # weight (shallow fusion: (1-λ) att + λ ctc + β lm; decode folders say _lm<β>). Choose on dev.
 eval_sets=false        # stage 6: also build (local/make_eval_sets.py, once), decode and score the robustness sets of AN4
                        # test (data/{test_8k,test_noise10,test_noise0,test_reverb,silence,noise_only}); one parseable
                        # line per set, also in <decode_exp>/eval_sets_<dtag>.txt
@@ -70,6 +73,7 @@ while [ $# -gt 0 ]; do
         --features) features="$2"; shift 2 ;;
         --nj) nj="$2"; shift 2 ;;
         --eval_sets) eval_sets="$2"; shift 2 ;;
+        --lm_weight) lm_weight="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -115,6 +119,11 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     log "stage 3: ${tokenizer_kind} tokenizer (${vocab_size})"
     asr-tokenizer text=data/train_nodev/text kind="${tokenizer_kind}" vocab_size="${vocab_size}" model="${token_model}"
 fi
+lm_file="exp/lm_${tokenizer_kind}${vocab_size}/lstm_lm.pt"
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [ "${lm_weight}" != 0 ] && [ "${lm_weight}" != 0.0 ]; then
+    log "stage 3: LSTM language model on data/train_nodev/text -> ${lm_file}"
+    asr-train-lm --text data/train_nodev/text --dev_text data/train_dev/text --tokenizer "${token_model}" --out "${lm_file}"
+fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "stage 4: training ${experiment} -> ${exp_dir}"
@@ -133,6 +142,7 @@ if [ -n "${att_window}" ]; then
     decode_args="${decode_args} att_window_back=${att_window%%:*} att_window_ahead=${att_window##*:}"
 fi
 if [ "${hard_attention}" = true ]; then dtag="${dtag}_hard"; decode_args="${decode_args} hard_attention=true"; fi
+if [ "${lm_weight}" != 0 ] && [ "${lm_weight}" != 0.0 ]; then dtag="${dtag}_lm${lm_weight}"; decode_args="${decode_args} lm=${lm_file} lm_weight=${lm_weight}"; fi
 ckpt="${exp_dir}/checkpoints/best.ckpt"
 if [ "${average}" -gt 0 ]; then dtag="${dtag}_avg${average}"; ckpt="${exp_dir}/checkpoints/avg${average}.ckpt"; fi
 # An ensemble (--ensemble): the members' checkpoints of the same kind (avg<N> or best), decode folders of its own.
