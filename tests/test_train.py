@@ -55,7 +55,7 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment=an4/{experiment}", f"trainer={trainer}"])
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), 40, 2, 3, 0)
-    if experiment.startswith("transformer"):
+    if experiment.startswith(("transformer", "conformer")):
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 4 and model.ctc is not None
     elif experiment.startswith("pblstm"):
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None

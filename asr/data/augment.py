@@ -167,14 +167,14 @@ def band_limit(wav: Tensor, sample_rate: int, cutoff_hz: float) -> Tensor:
     """``wav (N,)`` low-passed at ``cutoff_hz``: resampled to ``2 * cutoff_hz`` and back to ``sample_rate`` with
     torchaudio's windowed-sinc resampler (its anti-aliasing filter, rolloff 0.99, is the low-pass), same length.
     ``cutoff_hz = 4000`` is the 8 kHz telephone band. A cut-off at or above Nyquist returns ``wav``."""
-    import torchaudio.functional as AF
+    from asr.features.torchaudio_ops import resample_filtered
 
     low = int(round(2 * cutoff_hz))
     if low >= sample_rate:
         return wav
     n = wav.shape[-1]
-    down = AF.resample(wav, sample_rate, low, lowpass_filter_width=16)
-    up = AF.resample(down, low, sample_rate, lowpass_filter_width=16)
+    down = resample_filtered(wav, sample_rate, low, lowpass_filter_width=16)
+    up = resample_filtered(down, low, sample_rate, lowpass_filter_width=16)
     if up.shape[-1] >= n:
         return up[..., :n]
     return torch.nn.functional.pad(up, (0, n - up.shape[-1]))
@@ -198,18 +198,18 @@ def coloured_noise(n: int, colour: str, generator: torch.Generator, sample_rate:
 def add_noise(wav: Tensor, noise: Tensor, snr_db: float) -> Tensor:
     """``wav + s * noise`` with ``s`` such that ``10 log10(sum wav^2 / sum (s noise)^2) = snr_db``
     (torchaudio ``functional.add_noise``). A silent ``wav`` or ``noise`` is returned unchanged."""
-    import torchaudio.functional as AF
+    from asr.features.torchaudio_ops import add_noise as ta_add_noise
 
     if float(wav.pow(2).sum()) <= 0 or float(noise.pow(2).sum()) <= 0:
         return wav
-    return AF.add_noise(wav.unsqueeze(0), noise.unsqueeze(0), torch.tensor([float(snr_db)])).squeeze(0)
+    return ta_add_noise(wav.unsqueeze(0), noise.unsqueeze(0), torch.tensor([float(snr_db)])).squeeze(0)
 
 
 def apply_gain(wav: Tensor, gain_db: float) -> Tensor:
     """``wav`` scaled by ``gain_db`` dB (torchaudio ``functional.gain``)."""
-    import torchaudio.functional as AF
+    from asr.features.torchaudio_ops import gain
 
-    return AF.gain(wav, float(gain_db))
+    return gain(wav, float(gain_db))
 
 
 def _room_simulator_cls():

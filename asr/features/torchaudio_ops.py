@@ -63,6 +63,28 @@ def resample(wav: Tensor, orig_freq: int, new_freq: int) -> Tensor:
     return taf.resample(wav, orig_freq=orig_freq, new_freq=new_freq)
 
 
+def resample_filtered(wav: Tensor, orig_freq: int, new_freq: int, lowpass_filter_width: int = 16) -> Tensor:
+    """:func:`resample` with a longer windowed-sinc filter (``lowpass_filter_width`` zero crossings: a steeper
+    anti-aliasing low-pass, what band-limiting augmentation uses)."""
+    import torchaudio.functional as taf
+
+    return taf.resample(wav, orig_freq=orig_freq, new_freq=new_freq, lowpass_filter_width=lowpass_filter_width)
+
+
+def add_noise(wav: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
+    """torchaudio's ``functional.add_noise``: ``wav (..., L)`` plus ``noise (..., L)`` scaled to ``snr_db (...)`` dB."""
+    import torchaudio.functional as taf
+
+    return taf.add_noise(wav, noise, snr_db)
+
+
+def gain(wav: Tensor, gain_db: float) -> Tensor:
+    """torchaudio's ``functional.gain``: ``wav`` scaled by ``gain_db`` dB."""
+    import torchaudio.functional as taf
+
+    return taf.gain(wav, gain_db)
+
+
 def frequency_masking(max_width: int) -> nn.Module:
     """SpecAugment frequency mask (Park et al. 2019): a module masking ``[f0, f0 + f)`` with ``f ~ U[0, max_width]``
     independently per example, on ``(B, 1, F, T)`` input."""

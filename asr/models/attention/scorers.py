@@ -252,7 +252,7 @@ class LocationAwareAttention(Attention):
 
     def score(self, query, keys, memory, state):
         f = self.conv(state.unsqueeze(1)).transpose(1, 2)  # (B, S, C)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(memory.device.type):
             return self.w(torch.tanh(memory + self.W(query).unsqueeze(1) + self.U(f))).squeeze(-1)
         # Decoding: the same sum with one (B, S, A) tensor instead of four (U f accumulated into it by addmm_, tanh
         # in place); the search's cost at CPU sizes is memory traffic over B x S x A (equal to float rounding).
