@@ -538,17 +538,3 @@ def test_errors_pickle_for_worker_processes():
 
 
 # ---- 4. cost -----------------------------------------------------------------------------------------------------
-def test_verification_is_cheap():
-    """Loose bound here (shared CI machines); the ≤ 1.2x figure is measured in the commit report."""
-    from asr.models.pretrained import load_model
-
-    def best(verify):
-        ts = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            load_model(SHIPPED, verify=verify)
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
-    best(True)
-    assert best(True) < 1.6 * best(False) + 0.02
