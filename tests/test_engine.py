@@ -228,3 +228,23 @@ def test_threads_per_entry_point_and_nbest_without_json_is_said_to_be_ignored(ct
         assert len(out.out.splitlines()) == 1 and out.out.startswith(TEST_WAV + "\t")
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_file_named_like_a_segment_of_a_long_recording_fails_alone(fast_dir, long_wav, tmp_path):
+    """``x-seg0000.wav`` beside a long ``x.wav``: the long recording's segment ids would collide with the short
+    file's id, so that recording gets an error row and the short file (and the rest) is still decoded (issue 33)."""
+    import shutil
+
+    from asr.cli.decode import decode
+
+    x = tmp_path / "x.wav"
+    shutil.copy(long_wav, x)
+    clash = tmp_path / "x-seg0000.wav"
+    shutil.copy(TEST_WAV, clash)
+    out = tmp_path / "d"
+    meta = decode({"ckpt": str(fast_dir), "audio": [str(x), str(clash), TEST_WAV], "out_dir": str(out), "threads": 1, "longform_max_s": 6.0})
+    rows = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["utt_id"] for r in rows) == sorted(["x-seg0000", Path(TEST_WAV).stem])
+    errors = (out / "errors.tsv").read_text().splitlines()
+    assert len(errors) == 2 and errors[1].startswith(str(x)) and "x-seg0000" in errors[1] and "rename one" in errors[1]
+    assert meta["n_errors"] == 1

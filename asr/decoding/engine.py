@@ -472,8 +472,9 @@ class Engine:
         ------
         ValueError
             ``nbest`` > 1 with a beam smaller than ``nbest``; ``ctc_weight`` > 0 with a model (or ensemble member)
-            without a CTC branch; ``batch_size`` not an integer >= 1; two inputs with the same key, or a long recording's
-            segment id equal to another input's key. Errors of single inputs are not raised (module docstring).
+            without a CTC branch; ``batch_size`` not an integer >= 1; two inputs with the same key. Errors of single
+            inputs are not raised (module docstring): a long recording whose segment id equals another input's key
+            gets ``InputResult.error``.
         """
         opts = options or self.options
         if not isinstance(nbest, int) or nbest < 1:
@@ -549,10 +550,13 @@ class Engine:
             if x is None:
                 continue
             bounds = find_segments(x, self.segments)
+            clash = [segment_id(res.key, k) for k in range(len(bounds))] if len(bounds) > 1 else []
+            clash = [u for u in clash if u in keys]
+            if clash:  # this input only: an error entry, the others are decoded (the ids would collide in the outputs)
+                res.error = f"its segment id {clash[0]} (a long recording is decoded in segments) is also another input's id; rename one of the two files"
+                continue
             for k, (a, b) in enumerate(bounds):
                 uid = res.key if len(bounds) == 1 else segment_id(res.key, k)
-                if len(bounds) > 1 and uid in keys:
-                    raise ValueError(f"segment id {uid} of the long recording {res.input.path or res.key} is also an input's id; rename one")
                 unit = Unit(uid, a, b)
                 res.units.append(unit)
                 unit.cached = cached(res, unit) if cached else None
