@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.models.encoders.transformer import Conv2dSubsampling
+from asr.models.encoders.transformer import Conv2dFrontEnd, Conv2dSubsampling
 from asr.models.layers import MultiHeadAttention, PositionwiseFeedForward, make_pad_mask, sinusoidal_positions
 
 __all__ = ["relative_positions", "ConvolutionModule", "ConformerEncoderLayer", "ConformerEncoder"]
@@ -135,7 +135,7 @@ class ConformerEncoderLayer(nn.Module):
         return self.norm_final(x)
 
 
-class ConformerEncoder(nn.Module):
+class ConformerEncoder(Conv2dFrontEnd, nn.Module):
     """Conv2d subsampling (x4) + relative sinusoidal positions + ``num_layers`` Conformer blocks + LayerNorm
     (Gulati et al. 2020, arXiv 2005.08100; ESPnet's ``ConformerEncoder``).
 
@@ -195,15 +195,6 @@ class ConformerEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(ConformerEncoderLayer(d_model, num_heads, ff_dim, dropout, conv_kernel, conv_norm) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
-
-    @property
-    def subsampling_factor(self) -> int:
-        """Input frames per encoder frame (4)."""
-        return Conv2dSubsampling.subsampling_factor
-
-    def output_lengths(self, xs_lens: Tensor) -> Tensor:
-        """Encoder frames ``((T - 1) // 2 - 1) // 2`` for ``xs_lens`` input frames, ``(B,)`` int64."""
-        return Conv2dSubsampling.output_lengths(xs_lens.to(torch.int64))
 
     def forward(self, xs_pad: Tensor, xs_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode a padded batch.

@@ -77,6 +77,20 @@ class Conv2dSubsampling(nn.Module):
         return self.out(x.transpose(1, 2).reshape(b, s, c * f)), lens
 
 
+class Conv2dFrontEnd:
+    """What an encoder with the x4 :class:`Conv2dSubsampling` front end says about its frame rate (the Transformer
+    and the Conformer encoders share it)."""
+
+    @property
+    def subsampling_factor(self) -> int:
+        """Input frames per encoder frame (4)."""
+        return Conv2dSubsampling.subsampling_factor
+
+    def output_lengths(self, xs_lens: Tensor) -> Tensor:
+        """Encoder frames ``((T - 1) // 2 - 1) // 2`` for ``xs_lens`` input frames, ``(B,)`` int64."""
+        return Conv2dSubsampling.output_lengths(xs_lens.to(torch.int64))
+
+
 class TransformerEncoderLayer(nn.Module):
     """Pre-LN block: ``x + Dropout(SelfAtt(LN(x)))``, then ``x + Dropout(FF(LN(x)))`` (Xiong et al. 2020,
     arXiv 2002.04745: trains without the delicate warm-up of the post-LN original)."""
@@ -95,7 +109,7 @@ class TransformerEncoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.norm_ff(x)))
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(Conv2dFrontEnd, nn.Module):
     """Conv2d subsampling (x4) + sinusoidal positions + ``num_layers`` pre-LN self-attention blocks + LayerNorm.
 
     Positions are absolute sinusoids added to the scaled subsampled features (``x * sqrt(d_model) + PE``, as
@@ -148,15 +162,6 @@ class TransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(TransformerEncoderLayer(d_model, num_heads, ff_dim, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
-
-    @property
-    def subsampling_factor(self) -> int:
-        """Input frames per encoder frame (4)."""
-        return Conv2dSubsampling.subsampling_factor
-
-    def output_lengths(self, xs_lens: Tensor) -> Tensor:
-        """Encoder frames ``((T - 1) // 2 - 1) // 2`` for ``xs_lens`` input frames, ``(B,)`` int64."""
-        return Conv2dSubsampling.output_lengths(xs_lens.to(torch.int64))
 
     def forward(self, xs_pad: Tensor, xs_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode a padded batch.
