@@ -14,17 +14,24 @@ errors such as ``--batch-size 0``, ``--nbest`` above the beam size or ``--device
 one-line message; no input). ``--nbest`` without ``--json`` is ignored with a one-line warning. ``--threads``: torch
 CPU threads, 0 (default) = the cores not busy with other processes. ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
 huggingface_hub).
+
+File names (:mod:`asr.utils.names`): in ``path<TAB>text`` and ``path<TAB>error`` lines the path is escaped (``\\`` ->
+``\\\\``, TAB -> ``\\t``, newline -> ``\\n``, other control characters and bytes that are not UTF-8 -> ``\\xNN``), so
+every line splits into exactly two fields at its first TAB; ``asr.utils.names.unescape_field`` gives the name back.
+``--json`` lines carry the path by JSON's own quoting. Names that are not UTF-8 (on the command line or in a
+``--list`` file) are opened as the OS gives them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from asr.utils.names import escape_field, json_line, read_path_list
 
 __all__ = ["DEFAULT_MODEL", "main"]
 
@@ -35,8 +42,7 @@ DEFAULT_MODEL = Path(os.environ.get("ASR_MODEL", Path(__file__).resolve().parent
 def _inputs(files: Sequence[str], list_file: str | None) -> list[str]:
     paths = list(files)
     if list_file is not None:
-        text = sys.stdin.read() if list_file == "-" else Path(list_file).read_text(encoding="utf-8")
-        paths += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        paths += read_path_list(list_file)
     return paths
 
 
@@ -85,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_failed = 0
     for p, r in zip(paths, results):
         if r.error is not None:  # the whole input, or some segments of a long recording
-            print(f"{p}\t{r.error}", file=sys.stderr, flush=True)
+            print(f"{escape_field(p)}\t{r.error}", file=sys.stderr, flush=True)
             if not r.tokens:
                 n_failed += 1
                 continue
-        print(json.dumps(r.to_dict(), ensure_ascii=False) if args.json else f"{p}\t{r.text}", flush=True)
+        print(json_line(r.to_dict()) if args.json else f"{escape_field(p)}\t{r.text}", flush=True)
     return 1 if n_failed == len(paths) else 0
 
 

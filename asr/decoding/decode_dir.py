@@ -262,15 +262,16 @@ def decode_inputs(
                 errors.append((where, what + res.error))
                 continue
             errors += [(where, f"utterance {u.unit_id}: {u.error}") for u in res.units if u.error]
+            named = {} if cfg.get("data_dir") else {"path": res.input.path}  # audio files: the name as given
             if not res.segmented:
                 if res.key in rows:
-                    final[res.key] = rows[res.key]
+                    final[res.key] = {**rows[res.key], **named}
                 continue
             n_segmented, n_segments = n_segmented + 1, n_segments + len(res.units)
             seg_rows = [rows.get(u.unit_id) for u in res.units]
             if all(r is None for r in seg_rows):
                 continue
-            final[res.key] = stitch(res.key, res.input.ref, seg_rows, [(u.start, u.end) for u in res.units], shift)
+            final[res.key] = {**stitch(res.key, res.input.ref, seg_rows, [(u.start, u.end) for u in res.units], shift), **named}
             seg_lines += [{"utt_id": res.key, **{k: v for k, v in sg.items() if k != "tokens"}} for sg in final[res.key]["segments"]]
     if not final and part is None:
         remove_partial(out_dir)  # nothing decoded: no partial row to keep

@@ -170,10 +170,11 @@ class InputResult:
 
 
 def utt_id_for(path: str, taken: set[str]) -> str:
-    """Utterance id of a user audio file: its stem with whitespace and ``()`` replaced by ``_`` (an sclite
-    trn line cannot hold them), made unique with ``-2``, ``-3``, ... when two files share a stem (``taken``
-    is updated)."""
-    stem = "".join("_" if (c.isspace() or c in "()") else c for c in Path(path).stem) or "utt"
+    """Utterance id of a user audio file: its stem with whitespace, ``()`` (an sclite trn line cannot hold them), other
+    control characters and bytes that are not UTF-8 (a ``surrogateescape`` name: they could not be written to the
+    UTF-8 outputs or as ``attention.npz`` member names) replaced by ``_``, made unique with ``-2``, ``-3``, ... when two
+    files give the same id (``taken`` is updated). The file's own name stays in ``results.jsonl``'s ``path``."""
+    stem = "".join("_" if (c.isspace() or c in "()" or not c.isprintable()) else c for c in Path(path).stem) or "utt"
     uid, k = stem, 1
     while uid in taken:
         k += 1

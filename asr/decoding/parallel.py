@@ -113,7 +113,9 @@ def input_seconds(inp: EngineInput, frame_shift_s: float, sample_rate: int) -> f
             return 0.0
         import soundfile as sf
 
-        info = sf.info(inp.path)
+        from asr.features.audio import sf_path
+
+        info = sf.info(sf_path(inp.path))
         return info.frames / info.samplerate if info.samplerate else 0.0
     except Exception:  # noqa: BLE001 -- any unreadable file: the engine gives its error when it gets to it
         return 0.0

@@ -4,11 +4,14 @@ A decode folder holds:
 
 * ``results.jsonl``: one JSON object per utterance, sorted by id: ``utt_id``, ``ref``, ``hyp``, ``score`` (total
   log-probability), ``norm_score`` (the ranking score), ``tokens`` (pieces, without eos), ``n_frames`` (fbank
-  frames), ``enc_frames`` (encoder frames of the first model); see :func:`hypothesis_row`;
+  frames), ``enc_frames`` (encoder frames of the first model); see :func:`hypothesis_row`; decoding audio files
+  (``audio=[...]``), also ``path``: the file as given (JSON ``\\udcNN`` escapes for bytes of a name that are not
+  UTF-8; the utterance id replaces whitespace, control characters and such bytes with ``_``);
 * ``attention.npz``: utterance id -> float32 ``(len(tokens) + 1, enc_frames)`` attention weights, the last row
   that of the step which emitted eos (all zeros when the search stopped at the length limit);
 * ``hyp.trn`` / ``ref.trn``: sclite trn files of the same text;
-* ``errors.tsv``: ``file<TAB>reason`` of the inputs that could not be decoded (only when there were some);
+* ``errors.tsv``: ``file<TAB>reason`` of the inputs that could not be decoded (only when there were some; the file
+  name escaped, :func:`write_errors`);
 * ``segments.jsonl``: for recordings decoded in segments (:mod:`asr.decoding.longform`), one line per segment
   (``utt_id`` of the recording, ``seg_id``, ``start``/``end`` seconds, ``hyp``, ``score``); their
   ``results.jsonl`` row holds the stitched text and a ``segments`` list, and ``attention.npz`` holds one
@@ -47,6 +50,7 @@ import numpy as np
 from asr.decoding.search import DecodingOptions, Hypothesis
 from asr.metrics.wer import write_trn
 from asr.utils.io import atomic_open, atomic_write_text, remove_stale_temp_files
+from asr.utils.names import escape_field, unescape_field
 from asr.utils.owned import MANIFEST, OutputDirError, claim_output_dir, owned_entries, read_manifest, record_owned, remove_owned
 
 __all__ = [
@@ -232,27 +236,36 @@ def attention_ids(decode_dir: str | Path) -> list[str]:
 
 
 def write_errors(errors: list[tuple[str, str]], out_dir: str | Path) -> None:
-    """``<out_dir>/errors.tsv``: a ``file<TAB>reason`` header and one line per error (whitespace runs in
-    either field collapsed to one space, so a line holds one tab)."""
+    """``<out_dir>/errors.tsv``: a ``file<TAB>reason`` header and one line per error, so that a line holds one tab:
+    the file name escaped (:func:`asr.utils.names.escape_field`: TAB, newline, other control characters and bytes that
+    are not UTF-8 as ``\\t``, ``\\n``, ``\\xNN``; :func:`read_errors` gives it back), whitespace runs in the reason
+    collapsed to one space."""
     def clean(x: str) -> str:
         return " ".join(x.split())
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text("file\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in errors), out_dir / ERRORS)
+    atomic_write_text("file\treason\n" + "".join(f"{escape_field(p)}\t{clean(r)}\n" for p, r in errors), out_dir / ERRORS)
     _record(out_dir, ERRORS)
 
 
 def read_errors(decode_dir: str | Path) -> list[tuple[str, str]]:
     """The ``(file, reason)`` rows of ``<decode_dir>/errors.tsv`` (header skipped); ``[]`` when there is none.
-    A line without a tab gives ``(line, "")``."""
+    A line without a tab gives ``(line, "")``; the file names are unescaped (:func:`write_errors`; a field that is not
+    a valid escape is kept as written)."""
     path = Path(decode_dir) / ERRORS
     if not path.is_file():
         return []
     lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
     if lines and lines[0].startswith("file\t"):
         lines = lines[1:]
-    return [tuple(x.split("\t", 1)) if "\t" in x else (x, "") for x in lines]
+    def name(field: str) -> str:
+        try:
+            return unescape_field(field)
+        except ValueError:
+            return field
+
+    return [(name(x.split("\t", 1)[0]), x.split("\t", 1)[1]) if "\t" in x else (name(x), "") for x in lines]
 
 
 def write_final(out_dir: str | Path, rows: Mapping[str, dict], atts: Mapping[str, np.ndarray], segment_lines: list[dict] | None = None) -> list[str]:

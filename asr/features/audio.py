@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-__all__ = ["AudioError", "AudioInputWarning", "load_audio", "read_audio", "waveform_to_float", "audio_duration", "check_regular_file", "resample_waveform", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "MAX_DURATION_S", "MAX_SAMPLES_PER_BYTE"]
+__all__ = ["AudioError", "AudioInputWarning", "load_audio", "read_audio", "sf_path", "waveform_to_float", "audio_duration", "check_regular_file", "resample_waveform", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "MAX_DURATION_S", "MAX_SAMPLES_PER_BYTE"]
 
 _STEREO_MODES = ("downmix", "error")
 #: File sample rates accepted by :func:`load_audio` (Hz). Below, resampling a file to 16 kHz could
@@ -178,8 +179,17 @@ def _check_header(path: Path, frames: int, channels: int, sample_rate: int, size
         raise AudioError(path, f"header claims {frames / sample_rate:.0f} s of audio, more than the {MAX_DURATION_S:.0f} s limit")
 
 
+def sf_path(path: str | os.PathLike[str]) -> str | bytes:
+    """``path`` as soundfile should get it: the OS's bytes on POSIX, so that a name that is not valid UTF-8 (held by
+    Python as a ``surrogateescape`` string, e.g. from ``sys.argv`` or ``os.listdir``) opens the file the OS named
+    instead of failing to encode; the string on Windows (soundfile opens it with the wide-character API)."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
 def _sf_reason(exc: Exception) -> str:
-    return f"cannot read as audio ({type(exc).__name__}: {exc})"
+    # libsndfile's "Error opening b'<path>': " repeats the path that AudioError already gives (as bytes: sf_path)
+    msg = re.sub(r"^Error opening (b?'.*?'|b?\".*?\"): ", "", str(exc), count=1, flags=re.S)
+    return f"cannot read as audio ({type(exc).__name__}: {msg})"
 
 
 def audio_duration(path: str | os.PathLike[str]) -> float:
@@ -205,7 +215,7 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
     p = Path(path)
     st = _check_file(p)
     try:
-        info = sf.info(str(p))
+        info = sf.info(sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:  # LibsndfileError subclasses SoundFileError
         raise AudioError(p, _sf_reason(exc)) from exc
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
@@ -277,7 +287,7 @@ def _read_audio(path: str | os.PathLike[str], target_sample_rate: int, stereo: s
     p = Path(path)
     st = _check_file(p)
     try:
-        with sf.SoundFile(str(p)) as f:
+        with sf.SoundFile(sf_path(p)) as f:
             sample_rate, claimed, channels = f.samplerate, f.frames, f.channels
             if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
                 raise AudioError(p, f"unsupported sample rate {sample_rate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
