@@ -154,7 +154,12 @@ main()
 """
 
 
-@pytest.mark.parametrize("batching", [("data.batch_size=2",), ("data.batch_size=1000", "data.max_duration=4.4")], ids=["count", "duration"])
+@pytest.mark.parametrize("batching", [
+    ("data.batch_size=2",),
+    ("data.batch_size=1000", "data.max_duration=4.4"),
+    # on-the-fly waveform augmentation (issue 32): rooms, noise, band-limiting and gain drawn per (seed, epoch, cut)
+    ("data.batch_size=2", "augment=channel_noise", "data.wave_augment.reverb.rooms=2", "data.wave_augment.reverb.prob=0.5", "data.wave_augment.noise.prob=0.8", "data.wave_augment.band_limit.prob=0.5"),
+], ids=["count", "duration", "channel_noise"])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_path, batching):
     """asr-train killed with SIGKILL inside epoch 2 (step 7 of 9), resumed with ckpt_path=last: same final weights.
 
@@ -206,6 +211,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(mini_an4, tmp_pa
     # CSVLogger deletes them) and the killed epoch 2 is logged once
     assert _csv_rows(exp) == _csv_rows(ref_exp)
     assert [e for e, s, keys in _csv_rows(exp) if "dev/wer" in keys] == ["0", "1", "2"]
+    if "augment=channel_noise" in batching:  # the augmentation was on in both runs (not an accidental no-op)
+        import yaml
+
+        for d in (ref_exp, exp):
+            aug = yaml.safe_load((d / "config.yaml").read_text())["data"]["wave_augment"]
+            assert aug["noise"]["prob"] == 0.8 and aug["reverb"]["rooms"] == 2
 
 
 def _csv_rows(exp: Path) -> list[tuple[str, str, tuple[str, ...]]]:
