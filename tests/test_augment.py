@@ -135,12 +135,23 @@ def test_draws_are_keyed_on_seed_epoch_and_cut(wav):
         assert torch.equal(a(wav, e, c), WaveAugment(ALL_ON, seed=3)(wav, e, c))
 
 
+def test_no_transform_before_start_epoch():
+    from asr.data.augment import WaveAugment
+
+    every = {k: {**v, "prob": 1.0} for k, v in ALL_ON.items()}
+    late, early = WaveAugment({**every, "start_epoch": 3}, seed=3), WaveAugment(every, seed=3)
+    for c in ("u1", "u2", "u3"):
+        assert all(not late.plan(e, c) for e in range(3))
+        assert all(late.plan(e, c) == early.plan(e, c) and early.plan(e, c) for e in range(3, 6))  # same draws after
+
+
 def test_config_is_checked():
     from asr.data.augment import WaveAugmentConfig
 
     assert not WaveAugmentConfig.from_dict(None).active and WaveAugmentConfig.from_dict(ALL_ON).active
     for bad in ({"nois": {}}, {"noise": {"snr": [0, 1]}}, {"noise": {"prob": 1.5}}, {"gain": {"db": [6, -6]}},
-                {"noise": {"colours": ["purple"]}}, {"band_limit": {"cutoff_hz": [300, 7000]}}):
+                {"noise": {"colours": ["purple"]}}, {"band_limit": {"cutoff_hz": [300, 7000]}},
+                {"start_epoch": -1}, {"start_epoch": 1.5}, {"start_epoch": True}):
         with pytest.raises(ValueError, match="wave_augment"):
             WaveAugmentConfig.from_dict(bad)
 

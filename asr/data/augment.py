@@ -109,12 +109,15 @@ class GainConfig:
 
 @dataclass
 class WaveAugmentConfig:
-    """All waveform transforms; every one off (``prob`` 0) by default."""
+    """All waveform transforms; every one off (``prob`` 0) by default. ``start_epoch``: no transform is drawn in the
+    epochs before it (0-based), so that an attention model first learns to align on clean audio: with the transforms
+    from epoch 0, the AN4 default model's dev WER was still 60 % after 20 epochs (recipes/an4/README.md)."""
 
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     band_limit: BandLimitConfig = field(default_factory=BandLimitConfig)
     gain: GainConfig = field(default_factory=GainConfig)
+    start_epoch: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "WaveAugmentConfig":
@@ -122,9 +125,12 @@ class WaveAugmentConfig:
         reversed ranges and unknown noise colours raise ``ValueError``."""
         d = dict(d or {})
         parts = {"reverb": ReverbConfig, "noise": NoiseConfig, "band_limit": BandLimitConfig, "gain": GainConfig}
+        start_epoch = d.pop("start_epoch", 0)
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"data.wave_augment.start_epoch must be an integer >= 0, got {start_epoch!r}")
         unknown = sorted(set(d) - set(parts))
         if unknown:
-            raise ValueError(f"data.wave_augment: unknown key(s) {unknown}; known: {sorted(parts)}")
+            raise ValueError(f"data.wave_augment: unknown key(s) {unknown}; known: {sorted([*parts, 'start_epoch'])}")
         out = {}
         for name, typ in parts.items():
             sub = dict(d.get(name) or {})
@@ -136,7 +142,7 @@ class WaveAugmentConfig:
                 if isinstance(v, (list, tuple)):
                     sub[k] = tuple(v)
             out[name] = typ(**sub)
-        cfg = cls(**out)
+        cfg = cls(**out, start_epoch=start_epoch)
         cfg.check()
         return cfg
 
@@ -326,8 +332,10 @@ class WaveAugment:
         self._rooms: dict[int, np.ndarray] = {}
 
     def plan(self, epoch: int, cut_id: str) -> AugmentPlan:
-        """The transforms of ``cut_id`` in ``epoch`` (an empty plan is falsy)."""
+        """The transforms of ``cut_id`` in ``epoch`` (an empty plan is falsy; always empty before ``start_epoch``)."""
         c = self.cfg
+        if epoch < c.start_epoch:
+            return AugmentPlan(())
         r = random.Random(f"asr-augment:{self.seed}:{epoch}:{cut_id}")
         # every draw is made whatever the probabilities, so one transform's settings never shift another's draws
         u = [r.random() for _ in range(4)]
@@ -395,6 +403,8 @@ def describe(cfg: WaveAugmentConfig) -> str:
         parts.append(f"band-limit p={cfg.band_limit.prob:g} (8 kHz {cfg.band_limit.resample_8k:g}, else low-pass {list(cfg.band_limit.cutoff_hz)} Hz)")
     if cfg.gain.prob:
         parts.append(f"gain p={cfg.gain.prob:g} {list(cfg.gain.db)} dB")
+    if parts and cfg.start_epoch:
+        parts.append(f"from epoch {cfg.start_epoch}")
     return "; ".join(parts) or "off"
 
 
