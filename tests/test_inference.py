@@ -7,6 +7,8 @@ import ast
 import dataclasses
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 import types
@@ -138,6 +140,38 @@ def test_export_writes_the_model_directory(exported, tok):
     assert cfg["decoding"]["ctc_weight"] == 0.3 and cfg["model"]["encoder"]["type"] == "pblstm"
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0") and "pblstm encoder" in card and "CTC branch (weight 0.3)" in card
+
+
+def test_export_card_names_each_decoded_set_and_no_machine_path(ckpt, mini_an4, tmp_path):
+    """The card's results: one row per decode folder named by its set (decode_<set>_beam...), a set of clips without
+    reference words (silence) as the count of non-empty hypotheses; the checkpoint path without the machine's
+    absolute prefix (``exp/...`` or the file name)."""
+    from asr.cli.decode import decode
+    from asr.cli.export import export, portable_path
+    from asr.cli.score import score_decode_dir
+
+    assert portable_path("/home/u/work/recipes/an4/exp/run/checkpoints/avg5.ckpt") == "exp/run/checkpoints/avg5.ckpt"
+    assert portable_path("/tmp/x/model.ckpt") == "model.ckpt" and portable_path("../m/model.ckpt") == "../m/model.ckpt"
+    wavs = sorted((mini_an4 / "data").rglob("*.wav"))[:2] or sorted((Path(__file__).parent / "data/an4/wav").rglob("*.wav"))[:2]
+    exp = tmp_path / "exp" / "run"
+    (exp / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, exp / "checkpoints" / "avg5.ckpt")
+    dirs = []
+    for name in ("test_8k", "silence"):
+        d = exp / f"decode_{name}_beam2_ctc0.3_avg5"
+        decode({"ckpt": str(exp / "checkpoints/avg5.ckpt"), "out_dir": str(d), "beam_size": 2, "threads": 1, "audio": [str(w) for w in wavs]})
+        if name == "test_8k":  # references: give the rows a text to score against
+            rows = [json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()]
+            (d / "results.jsonl").write_text("".join(json.dumps({**r, "ref": "A B"}) + "\n" for r in rows))
+            score_decode_dir(d)
+        dirs.append(d)
+    out = tmp_path / "model"
+    export(exp / "checkpoints" / "avg5.ckpt", out, decode_dirs=dirs)
+    card = (out / "README.md").read_text()
+    assert "| test_8k (`decode_test_8k_beam2_ctc0.3_avg5`) |" in card
+    assert re.search(r"\| silence \(`decode_silence_beam2_ctc0.3_avg5`\) \| — \(\d of 2 hypotheses not empty\) \|", card)
+    assert "`exp/run/checkpoints/avg5.ckpt`" in card and str(tmp_path) not in card
+    assert str(tmp_path) not in (out / "config.yaml").read_text()
 
 
 def test_loading_a_model_directory_runs_no_pickle(exported, monkeypatch):

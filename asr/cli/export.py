@@ -36,6 +36,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -57,7 +58,7 @@ log = logging.getLogger("asr.export")
 #: The tool name in a model directory's ownership manifest (:mod:`asr.utils.owned`).
 EXPORT_TOOL = "asr-export"
 
-__all__ = ["EXPORT_TOOL", "export", "find_decode_dirs", "model_card", "main"]
+__all__ = ["EXPORT_TOOL", "export", "find_decode_dirs", "model_card", "portable_path", "main"]
 
 AN4_NOTE = (
     "Trained on CMU AN4 (alphanumeric census utterances, 16 kHz), Copyright (c) 1991-2005 Carnegie Mellon University, "
@@ -85,19 +86,56 @@ def find_decode_dirs(ckpt: str | Path) -> list[Path]:
     return found
 
 
+def _split_name(decode_dir: str) -> str:
+    """The data set a decode folder holds: ``decode_<set>_beam...`` (the recipe's naming) -> ``<set>``, with
+    ``train_dev`` shown as ``dev``; other names: ``test`` / ``dev`` when they contain it, else the name itself."""
+    m = re.match(r"^decode_(.+?)_(beam|greedy)", decode_dir)
+    if m:
+        return {"train_dev": "dev"}.get(m.group(1), m.group(1))
+    return "test" if "test" in decode_dir else ("dev" if "dev" in decode_dir else decode_dir)
+
+
 def _results_rows(decode_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per decode folder: WER/CER from ``scoring/wer.json``; a folder whose references are all empty (a set
+    of silence or noise clips: WER undefined) gives the count of non-empty hypotheses instead (``nonempty``)."""
     rows = []
     for d in decode_dirs:
         wer_file = d / "scoring" / "wer.json"
-        if not wer_file.is_file():
-            log.warning("%s has no scoring/wer.json (run asr-score): left out of the model card", d)
-            continue
-        wer = json.loads(wer_file.read_text(encoding="utf-8"))
         meta = read_meta(d)
-        split = "test" if "test" in d.name else ("dev" if "dev" in d.name else d.name)
-        rows.append({"split": split, "dir": d.name, "wer": wer.get("wer"), "cer": wer.get("cer"), "n_utts": wer.get("n_utts"),
-                     "options": {f.name: meta[f.name] for f in dataclasses.fields(DecodingOptions)}})
+        row = {"split": _split_name(d.name), "dir": d.name, "options": {f.name: meta[f.name] for f in dataclasses.fields(DecodingOptions)}}
+        if wer_file.is_file():
+            wer = json.loads(wer_file.read_text(encoding="utf-8"))
+            rows.append({**row, "wer": wer.get("wer"), "cer": wer.get("cer"), "n_utts": wer.get("n_utts")})
+            continue
+        res = [json.loads(x) for x in (d / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()] if (d / "results.jsonl").is_file() else []
+        if res and not any(str(r.get("ref", "")).strip() for r in res):
+            rows.append({**row, "wer": None, "cer": None, "n_utts": len(res), "nonempty": sum(1 for r in res if str(r.get("hyp", "")).strip())})
+            continue
+        log.warning("%s has no scoring/wer.json (run asr-score): left out of the model card", d)
     return rows
+
+
+def _usage_path(out_dir: str | Path) -> str:
+    """How the card's usage lines name the model directory: as given when relative, relative to the working
+    directory when under it, else the folder name (never a machine's absolute path)."""
+    p = Path(out_dir)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def portable_path(path: str | Path) -> str:
+    """A checkpoint path as a model card and ``config.yaml`` record it, without a machine's absolute path: from the
+    last ``exp`` component on (``exp/<run>/checkpoints/avg5.ckpt``, the recipe's layout), a relative path as given,
+    else the file name alone."""
+    p = Path(path)
+    if "exp" in p.parts:
+        i = len(p.parts) - 1 - p.parts[::-1].index("exp")
+        return "/".join(p.parts[i:])
+    return p.as_posix() if not p.is_absolute() else p.name
 
 
 def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], train: dict[str, Any], license_id: str, data_license: str, weights_mb: float, note: str = "", where: str | None = None) -> str:
@@ -138,7 +176,10 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], tr
         lines += ["| split | WER % | CER % | utterances | decoding |", "| --- | --- | --- | --- | --- |"]
         for r in rows:
             opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
-            lines.append(f"| {r['split']} (`{r['dir']}`) | {r['wer']:.2f} | {r['cer']:.2f} | {r['n_utts']} | {opts} |")
+            if r["wer"] is None:  # no reference words (silence / noise clips): how many hypotheses were not empty
+                lines.append(f"| {r['split']} (`{r['dir']}`) | — ({r['nonempty']} of {r['n_utts']} hypotheses not empty) | — | {r['n_utts']} | {opts} |")
+            else:
+                lines.append(f"| {r['split']} (`{r['dir']}`) | {r['wer']:.2f} | {r['cer']:.2f} | {r['n_utts']} | {opts} |")
     else:
         lines.append("Not evaluated (no scored decode folder of this checkpoint was found).")
     if note:
@@ -226,9 +267,9 @@ def export(ckpt: str | Path, out_dir: str | Path, dtype: str = "float32", decode
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the model directory gets a plain mkdir's mode
-        config = save_model_dir(tmp, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)})
+        config = save_model_dir(tmp, model, tok, meta["model_cfg"], fbank_options(meta), decoding, dtype, {"checkpoint": portable_path(ckpt), "sha256": file_sha256(ckpt)})
         mb = (tmp / WEIGHTS).stat().st_size / 1e6
-        (tmp / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, str(out_dir)), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(name or out.name, config, rows, train, license_id, data_license, mb, note, _usage_path(out_dir)), encoding="utf-8")
         written = sorted(x for x in os.listdir(tmp) if x != MANIFEST)
         record_owned(tmp, EXPORT_TOOL, written)
         for fd_path in [tmp / x for x in written] + [tmp]:
