@@ -102,6 +102,9 @@ def test_reverb_and_empty_sets(mini_an4, built):
         assert abs(20 * np.log10(np.sqrt(np.mean(_read(u.wav)[0] ** 2)) / speech)) < 0.5
         kinds.add(info[u.utt_id].split()[0])
     assert kinds == {"white", "pink", "brown", "babble"}
+    # noise_only babble: as many talkers as the set has (up to 32), not test_noise*'s 4 (module docstring)
+    n_talkers = min(mod.NOISE_ONLY_BABBLE_TALKERS, len(clean) - 1)
+    assert {v.split(" rms")[0] for v in info.values() if v.startswith("babble")} == {f"babble of {n_talkers} talkers"}
     assert mod.EMPTY_SETS == ("silence", "noise_only")
 
 

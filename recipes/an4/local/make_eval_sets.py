@@ -20,7 +20,11 @@ a second run writes byte-identical files.
 ``silence``               ``--num_clips`` clips of 1-4 s holding a noise floor only (white noise at -70 dBFS
                           RMS, a quiet recording's level): expected transcript empty
 ``noise_only``            ``--num_clips`` clips of 1-4 s of white, pink, brown or babble noise in turn, at
-                          the test set's median speech RMS: expected transcript empty
+                          the test set's median speech RMS: expected transcript empty. Its babble is the sum
+                          of 32 test utterances (speech-shaped noise without words one can make out): with
+                          4, as in ``test_noise*``, the clips held AN4 words a listener and the model hear
+                          ("ONE THOUSAND FOUR OH E A C U M SEVEN" from talkers saying "ONE THREE SEVEN",
+                          "B A O Z FIVE THREE", ...), so an empty transcript was not the right answer
 ========================  ===============================================================================
 
 Empty transcripts: ``text`` holds the utterance id alone on its line, which
@@ -46,7 +50,8 @@ SR = 16000
 SETS = ("test_8k", "test_noise10", "test_noise0", "test_reverb", "silence", "noise_only")
 EMPTY_SETS = ("silence", "noise_only")
 ROOM_T60S = (0.3, 0.425, 0.55, 0.675, 0.8)
-BABBLE_TALKERS = 4
+BABBLE_TALKERS = 4              # test_noise10 / test_noise0: a few talkers, words partly intelligible
+NOISE_ONLY_BABBLE_TALKERS = 32  # noise_only: no intelligible words (module docstring)
 
 
 def _write_flac(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
@@ -62,9 +67,9 @@ def _write_flac(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
     tmp.replace(path)
 
 
-def _babble(utts, audio, i: int, n: int, rng: random.Random) -> torch.Tensor:
+def _babble(utts, audio, i: int, n: int, rng: random.Random, talkers: int = BABBLE_TALKERS) -> torch.Tensor:
     others = [u.utt_id for u in utts if u.utt_id != utts[i].utt_id]
-    talkers = rng.sample(others, min(BABBLE_TALKERS, len(others)))
+    talkers = rng.sample(others, min(talkers, len(others)))
     out = torch.zeros(n, dtype=torch.float64)
     for t in talkers:
         x = audio[t].double()
@@ -140,11 +145,12 @@ def build(data_dir: str | Path, out_root: str | Path, seed: int = 0, sets=SETS, 
                 else:
                     level, kind = speech_rms, ("white", "pink", "brown", "babble")[k % 4]
                 if kind == "babble":
-                    noise = _babble(utts, audio, r.randrange(len(utts)), n, r)
+                    noise = _babble(utts, audio, r.randrange(len(utts)), n, r, NOISE_ONLY_BABBLE_TALKERS)
                 else:
                     noise = coloured_noise(n, kind, torch.Generator().manual_seed(r.getrandbits(62)))
                 noise = noise / noise.pow(2).mean().sqrt().clamp_min(1e-12) * level
-                rows.append((uid, noise, SR, "", name, f"{kind} rms_dbfs={20 * np.log10(level):.1f}"))
+                what = f"babble of {min(NOISE_ONLY_BABBLE_TALKERS, len(utts) - 1)} talkers" if kind == "babble" else kind
+                rows.append((uid, noise, SR, "", name, f"{what} rms_dbfs={20 * np.log10(level):.1f}"))
             emit(name, rows)
     return written
 
