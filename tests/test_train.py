@@ -59,9 +59,9 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 4 and model.ctc is not None
     elif experiment.startswith("pblstm"):
         assert cfg.name == f"an4_{experiment}" and model.subsampling_factor == 8 and model.ctc is not None
-    else:  # the scorer experiments: an4/<scorer>[_reg|_noaug|_mildaug|_mildaug_sp|_x4|_x4_noaug]
+    else:  # the scorer experiments: an4/<scorer>[_reg|_noaug|_mildaug|_mildaug_sp|_x4|_x4_noaug|_x4_channel]
         assert cfg.name == f"an4_pblstm_{experiment}"
-        scorer = re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4|x4_noaug)$", "", experiment)
+        scorer = re.sub(r"_(reg|noaug|mildaug|mildaug_sp|x4|x4_noaug|x4_channel)$", "", experiment)
         if scorer == "hard":  # straight-through hard attention over the location_aware scorer
             assert cfg.model.attention.type == "location_aware" and cfg.model.attention.hard == "st"
             assert model.decoder.attention.hard_train == "st"
@@ -75,6 +75,9 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         assert model.subsampling_factor == (4 if "_x4" in experiment else 8)
         if "_x4" in experiment:
             assert list(cfg.model.encoder.subsample) == [2, 2, 1]
+        if experiment.endswith("_channel"):  # waveform augmentation from epoch 5, SpecAugment off, no speed perturbation
+            assert cfg.data.wave_augment.start_epoch == 5 and cfg.data.wave_augment.noise.prob > 0
+            assert cfg.augment.num_freq_masks == 0 and cfg.augment.num_time_masks == 0 and list(cfg.data.speed_perturb) == []
         if experiment.endswith("_x4"):
             assert cfg.augment.freq_mask_width == 15 and list(cfg.data.speed_perturb) == [0.9, 1.0, 1.1]
     if trainer == "ddp":
