@@ -126,8 +126,6 @@ class WaveAugmentConfig:
         d = dict(d or {})
         parts = {"reverb": ReverbConfig, "noise": NoiseConfig, "band_limit": BandLimitConfig, "gain": GainConfig}
         start_epoch = d.pop("start_epoch", 0)
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"data.wave_augment.start_epoch must be an integer >= 0, got {start_epoch!r}")
         unknown = sorted(set(d) - set(parts))
         if unknown:
             raise ValueError(f"data.wave_augment: unknown key(s) {unknown}; known: {sorted([*parts, 'start_epoch'])}")
@@ -147,6 +145,9 @@ class WaveAugmentConfig:
         return cfg
 
     def check(self) -> None:
+        """Raise ``ValueError`` naming the setting when one is out of range (see :meth:`from_dict`)."""
+        if isinstance(self.start_epoch, bool) or not isinstance(self.start_epoch, int) or self.start_epoch < 0:
+            raise ValueError(f"data.wave_augment.start_epoch must be an integer >= 0, got {self.start_epoch!r}")
         for name in ("reverb", "noise", "band_limit", "gain"):
             p = getattr(self, name).prob
             if not 0.0 <= float(p) <= 1.0:
