@@ -197,17 +197,20 @@ class Speech2Text:
         auto, the usable cores not busy with other processes, or ``OMP_NUM_THREADS`` when set
         (:func:`asr.utils.threads.configure_threads`; measured on a busy 2-core machine, 2 threads ran 2.6-7.6x
         slower than 1); ``None`` leaves torch's setting as it is.
+    encoder_dtype : str
+        ``"float32"`` (default) or ``"bfloat16"`` (the encoder only; :class:`~asr.decoding.engine.Engine`).
 
     Raises
     ------
     ValueError
-        ``device`` is a CUDA device and no GPU is available; a bad ``max_frames``, segment option or ``threads``.
+        ``device`` is a CUDA device and no GPU is available; a bad ``max_frames``, segment option, ``threads`` or
+        ``encoder_dtype``.
     """
 
     def __init__(
         self, model: AttentionASRModel, tokenizer: Tokenizer, fbank: FbankOptions, options: DecodingOptions, device: str | torch.device = "cpu",
         longform_max_s: float = SegmentOptions.max_s, longform_min_s: float = SegmentOptions.min_s, max_frames: int = 20000,
-        threads: int | None = 0, lm: Any = None,
+        threads: int | None = 0, lm: Any = None, encoder_dtype: str = "float32",
     ) -> None:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
@@ -216,14 +219,14 @@ class Speech2Text:
 
             self.threads = configure_threads(threads)
         segments = SegmentOptions(max_s=longform_max_s, min_s=min(longform_min_s, longform_max_s))
-        self.engine = Engine(model, tokenizer, fbank, options, device=device, batch_size=8, max_frames=max_frames, segments=segments, lm=lm)
+        self.engine = Engine(model, tokenizer, fbank, options, device=device, batch_size=8, max_frames=max_frames, segments=segments, lm=lm, encoder_dtype=encoder_dtype)
         self.device, self.model = self.engine.device, self.engine.model
         self.tokenizer, self.fbank, self.options = tokenizer, fbank, options
 
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | os.PathLike[str], device: str | torch.device = "cpu", revision: str | None = None, cache_dir: str | None = None,
-        threads: int | None = 0, lm: str | os.PathLike[str] | None = None, **decoding_options: Any,
+        threads: int | None = 0, lm: str | os.PathLike[str] | None = None, encoder_dtype: str = "float32", **decoding_options: Any,
     ) -> "Speech2Text":
         """Load a model directory, a ``.ckpt`` training checkpoint or a Hugging Face repository id.
 
@@ -231,7 +234,8 @@ class Speech2Text:
         :class:`DecodingOptions` field) override the model's recorded options (``config.yaml`` ``decoding``),
         which override the defaults of :class:`DecodingOptions` (:func:`~asr.decoding.search.resolve_options`:
         without a CTC branch λ is 0). ``threads`` as the constructor's (default auto). ``lm``: a language model file
-        of ``asr-train-lm`` (the model's tokenizer) fused with ``lm_weight`` (:class:`DecodingOptions`).
+        of ``asr-train-lm`` (the model's tokenizer) fused with ``lm_weight`` (:class:`DecodingOptions`). ``encoder_dtype`` as
+        the constructor's.
 
         Raises
         ------
@@ -251,7 +255,7 @@ class Speech2Text:
             from asr.models.lm import load_lm
 
             lm_model = load_lm(lm, tok)
-        return cls(model, tok, fbank, options, device, threads=threads, lm=lm_model)
+        return cls(model, tok, fbank, options, device, threads=threads, lm=lm_model, encoder_dtype=encoder_dtype)
 
     # ---- input ------------------------------------------------------------------------------------------------
     def _input(self, i: int, x: Any, sample_rate: int | None) -> EngineInput:

@@ -5,7 +5,9 @@ Engine mode (``--engine``): the pipeline of ``asr-decode``/``Speech2Text`` (:cla
 audio loading, fbank, length-sorted batches, search) on a Kaldi data dir, for each search (greedy, beam
 ``--beam``, beam + CTC ``--ctc_weight``) and each batch size of ``--batches``, one row each: seconds in the search
 (``decode s``), wall seconds of the whole run (loading and fbank included), RTF of both (seconds / seconds of audio),
-RTFx (audio / wall) and WER; ``--procs 1,2`` adds rows of ``asr-decode num_procs=N`` (child processes, 1 thread
+RTFx (audio / wall) and WER; ``--encoder_dtypes float32,bfloat16`` runs each row once per encoder compute dtype
+(:meth:`asr.models.asr_model.AttentionASRModel.set_encoder_dtype`) and counts the hypotheses equal to the first
+dtype's (``same hyps``); ``--procs 1,2`` adds rows of ``asr-decode num_procs=N`` (child processes, 1 thread
 each unless ``--threads``; wall time from the command's start, start-up included) with their throughput ratio to
 one process::
 
@@ -109,7 +111,7 @@ def engine_rows(a: argparse.Namespace) -> list[dict]:
     import dataclasses
 
     from asr.decoding.decode_dir import inputs_of
-    from asr.decoding.engine import Engine
+    from asr.decoding.engine import Engine, check_encoder_dtype
     from asr.metrics.wer import score
 
     if a.device.startswith("cuda"):
@@ -130,24 +132,28 @@ def engine_rows(a: argparse.Namespace) -> list[dict]:
     rows = []
     device = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)"
     print(f"{len(inputs)} utterances of {a.data_dir}{f' ({len(skipped)} skipped by the data dir check)' if skipped else ''}; {device}")
-    print(f"{'search':<18} {'batch':>5} {'decode s':>9} {'wall s':>7} {'RTF search':>10} {'RTF wall':>9} {'RTFx':>7} {'WER %':>6}")
-    for name, opts in searches:
+    print(f"{'search':<18} {'encoder':<9} {'batch':>5} {'decode s':>9} {'wall s':>7} {'RTF search':>10} {'RTF wall':>9} {'RTFx':>7} {'WER %':>6} {'same hyps':>9}")
+    first_hyps: dict[tuple[str, int], list[str]] = {}
+    for (name, opts), enc_dtype, bs in [(s, d, int(b)) for s in searches for b in a.batches.split(",") if b for d in a.encoder_dtypes.split(",")]:
         options = dataclasses.replace(engine.options, **opts)
-        for bs in [int(x) for x in a.batches.split(",") if x]:
-            engine.stats.update({k: type(v)(0) for k, v in engine.stats.items()})
-            sync()
-            t0 = time.perf_counter()
-            res = list(engine.run(inputs, options=options, batch_size=bs))
-            sync()
-            wall = time.perf_counter() - t0
-            hyps = [" ".join(engine.tokenizer.decode(u.hyp.tokens) for u in r.units if u.hyp is not None) for r in res]
-            audio = engine.stats["audio_s"]
-            wer = 100 * score(refs, hyps).wer
-            row = {"search": name, "batch": bs, "decode_s": round(engine.stats["decode_s"], 3), "wall_s": round(wall, 3), "audio_s": round(audio, 1),
-                   "rtf_search": round(engine.stats["decode_s"] / audio, 5), "rtf_wall": round(wall / audio, 5), "rtfx": round(audio / wall, 1), "wer": round(wer, 2),
-                   "device": device, "n_utts": len(inputs)}
-            rows.append(row)
-            print(f"{name:<18} {bs:>5} {row['decode_s']:>9.2f} {wall:>7.2f} {row['rtf_search']:>10.4f} {row['rtf_wall']:>9.4f} {row['rtfx']:>7.1f} {wer:>6.2f}", flush=True)
+        for m in engine.models:  # same process, same inputs: the first dtype listed is the baseline
+            m.set_encoder_dtype(check_encoder_dtype(enc_dtype, engine.device))
+        engine.stats.update({k: type(v)(0) for k, v in engine.stats.items()})
+        sync()
+        t0 = time.perf_counter()
+        res = list(engine.run(inputs, options=options, batch_size=bs))
+        sync()
+        wall = time.perf_counter() - t0
+        hyps = [" ".join(engine.tokenizer.decode(u.hyp.tokens) for u in r.units if u.hyp is not None) for r in res]
+        audio = engine.stats["audio_s"]
+        wer = 100 * score(refs, hyps).wer
+        same = sum(x == y for x, y in zip(first_hyps.setdefault((name, bs), hyps), hyps))
+        row = {"search": name, "encoder_dtype": enc_dtype, "same_hyps": same, "batch": bs, "decode_s": round(engine.stats["decode_s"], 3), "wall_s": round(wall, 3), "audio_s": round(audio, 1),
+               "rtf_search": round(engine.stats["decode_s"] / audio, 5), "rtf_wall": round(wall / audio, 5), "rtfx": round(audio / wall, 1), "wer": round(wer, 2),
+               "device": device, "n_utts": len(inputs)}
+        rows.append(row)
+        print(f"{name:<18} {enc_dtype:<9} {bs:>5} {row['decode_s']:>9.2f} {wall:>7.2f} {row['rtf_search']:>10.4f} {row['rtf_wall']:>9.4f} {row['rtfx']:>7.1f} {wer:>6.2f} "
+              f"{same:>5}/{len(hyps)}", flush=True)
     for n in [int(x) for x in a.procs.split(",") if x]:
         out_dir = Path(a.work) / f"procs{n}"
         threads = a.threads if a.threads else 1
@@ -246,6 +252,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--entrypoints", default="", help="seconds: one recording of --data_dir's utterances through the 3 entry points")
     ap.add_argument("--engine", action="store_true", help="engine mode: --data_dir through the decoding engine (module docstring)")
+    ap.add_argument("--encoder_dtypes", default="float32", help="engine mode: encoder compute dtypes (comma-separated, e.g. float32,bfloat16); "
+                    "'same hyps' counts hypotheses equal to the first dtype's")
     ap.add_argument("--batches", default="8,32", help="engine mode: batch sizes (comma-separated)")
     ap.add_argument("--searches", default="", help="engine mode: only these searches (greedy, beam<K>, beam<K>+ctc<λ>; default all)")
     ap.add_argument("--procs", default="", help="engine mode: also asr-decode with these process counts, e.g. 1,2")

@@ -26,6 +26,8 @@ def _model(enc: str, dec: str) -> nn.Module:
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in MODEL.items()}
     if enc == "pblstm":
         cfg["encoder"] = {"type": "pblstm", "hidden_size": 16, "num_layers": 2, "subsample": [2, 2], "dropout": 0.0}
+    elif enc == "conformer":
+        cfg["encoder"] = {"type": "conformer", "d_model": 32, "num_heads": 4, "ff_dim": 64, "num_layers": 1, "dropout": 0.0, "conv_kernel": 5, "conv_channels": 8}
     if dec == "rnn":
         cfg["decoder"] = {"type": "rnn", "hidden_size": 32, "embed_dim": 16, "num_layers": 1, "dropout": 0.0}
     return build_model(cfg, vocab_size=12, sos_id=1, eos_id=2, pad_id=0, feat_dim=20)
@@ -38,8 +40,24 @@ def test_every_registered_part_meets_its_protocol(enc, dec):
     assert isinstance(m.encoder, Encoder) and isinstance(m.decoder, Decoder)
     assert isinstance(type(m.decoder).needs_attention, bool) and decoder_uses_attention(dec) is (dec == "rnn")
     xs, lens = torch.randn(2, 40, 20), torch.tensor([40, 27])
+    assert type(m.encoder) is ENCODERS[enc]
     hs, hs_lens = m.encoder(xs, lens)
     assert hs.shape[-1] == m.encoder.output_dim and hs_lens.tolist() == m.encoder.output_lengths(lens).tolist()
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16")
+@pytest.mark.parametrize("enc", sorted(ENCODERS))
+def test_every_encoder_decodes_with_a_bf16_encoder(enc):
+    """``set_encoder_dtype("bfloat16")``: the encoder computes in bf16 (autocast; the pBLSTM's dense path), the
+    model hands float32 on, close to the float32 output at valid frames."""
+    m = _model(enc, "rnn").eval()
+    xs, lens = torch.randn(2, 40, 20), torch.tensor([40, 27])
+    ref, ref_lens = m.encode(xs, lens)
+    m.set_encoder_dtype("bfloat16")
+    hs, hs_lens = m.encode(xs, lens)
+    assert hs.dtype == torch.float32 and torch.equal(hs_lens, ref_lens) and not torch.equal(hs, ref)
+    valid = layers.make_pad_mask(hs_lens, hs.shape[1])
+    assert (hs - ref).abs()[valid].max() < 0.15
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION_TYPES))

@@ -168,6 +168,33 @@ def test_one_line_refusals(ctc_model_dir, capsys):
         assert err.count("\n") == 1 and "no CUDA GPU is available" in err
 
 
+SHIPPED = ROOT / "models/an4_pblstm_x4"
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16")
+def test_bf16_encoder_gives_the_shipped_models_texts_through_every_entry_point(tmp_path, capsys):
+    """``encoder_dtype=bfloat16`` (Speech2Text, asr-transcribe, asr-decode) gives the float32 texts of the shipped
+    model on real AN4 audio (greedy and beam + CTC); a bad name is a one-line refusal."""
+    from asr import Speech2Text
+    from asr.cli.decode import decode
+    from asr.cli.transcribe import main
+
+    for opts in ({"beam_size": 1, "ctc_weight": 0.0}, {"beam_size": 4, "ctc_weight": 0.3}):
+        ref = [r.text for r in Speech2Text.from_pretrained(SHIPPED, threads=None, **opts).transcribe(WAVS)]
+        s2t = Speech2Text.from_pretrained(SHIPPED, threads=None, encoder_dtype="bfloat16", **opts)
+        assert s2t.model.encoder_dtype is torch.bfloat16
+        assert [r.text for r in s2t.transcribe(WAVS)] == ref and any(ref)
+    assert main(["--model", str(SHIPPED), "--threads", "1", "--beam-size", "4", "--ctc-weight", "0.3", "--encoder-dtype", "bfloat16", *WAVS]) == 0
+    assert [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()] == ref
+    decode({"ckpt": str(SHIPPED), "audio": WAVS, "out_dir": str(tmp_path / "d"), "beam_size": 4, "ctc_weight": 0.3, "encoder_dtype": "bfloat16", "threads": 1})
+    rows = [json.loads(line) for line in (tmp_path / "d/results.jsonl").read_text().splitlines()]
+    assert sorted(r["hyp"] for r in rows) == sorted(ref)
+    with pytest.raises(ValueError, match=r"^encoder_dtype must be one of float32, bfloat16, got 'float16'$"):
+        decode({"ckpt": str(SHIPPED), "audio": WAVS, "out_dir": str(tmp_path / "e"), "encoder_dtype": "float16"})
+    with pytest.raises(ValueError, match=r"^encoder_dtype must be one of float32, bfloat16, got 'half'$"):
+        Speech2Text.from_pretrained(SHIPPED, threads=None, encoder_dtype="half")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asr_decode_device_cuda_without_gpu_is_one_line(ctc_model_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "asr.cli.decode", f"ckpt={ctc_model_dir}", f"audio={TEST_WAV}", f"out_dir={tmp_path / 'd'}", "device=cuda"],

@@ -308,3 +308,62 @@ def test_compiled_decoder_step_matches_eager_with_gradients(real_feats):
     assert not torch.allclose(lt, l1, atol=1e-3)
     torch.testing.assert_close(lt, le, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(wt, we, rtol=1e-4, atol=1e-5)
+
+
+def test_reverse_padded_reverses_within_length_and_is_its_own_inverse():
+    from asr.models.encoders.pblstm import reverse_padded
+
+    xs = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1)
+    lens = torch.tensor([5, 3])
+    out = reverse_padded(xs, lens)
+    assert out[0, :, 0].tolist() == [4.0, 3.0, 2.0, 1.0, 0.0]
+    assert out[1, :, 0].tolist() == [7.0, 6.0, 5.0, 8.0, 9.0]  # padded frames 3, 4 stay in place
+    assert torch.equal(reverse_padded(out, lens), xs)
+
+
+SMALL_DEC = {"attention": {"type": "location_aware", "att_dim": 16}, "decoder": {"type": "rnn", "embed_dim": 8, "hidden_size": 16}}
+BF16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16")
+
+
+@BF16
+def test_bf16_dense_encoder_matches_packed_float32_on_real_features(batch):
+    """The bf16 path (two dense LSTMs per layer, the backward one over each utterance reversed within its length)
+    gives every valid frame the packed float32 output to bf16 rounding, zero at padding, and the same output for an
+    utterance alone as in the padded batch."""
+    from asr.models.asr_model import build_model
+
+    torch.manual_seed(0)
+    enc = PyramidalBLSTMEncoder(80, 32, 3, [2, 2, 1], dropout=0.0).eval()
+    xs, lens = batch
+    xs = (xs - xs.mean()) / xs.std()
+    ref, ref_lens = enc(xs, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hs, hs_lens = enc(xs, lens)
+        i = int(lens.argmin())
+        alone, _ = enc(xs[i : i + 1, : lens[i]], lens[i : i + 1])
+    assert hs.dtype == torch.bfloat16 and torch.equal(hs_lens, ref_lens)
+    valid = make_pad_mask(hs_lens, hs.shape[1])
+    assert (hs[~valid] == 0).all()
+    err = (hs.float() - ref).abs()[valid]
+    assert err.max() < 0.1 and err.mean() < 0.01, (err.max(), err.mean())
+    torch.testing.assert_close(alone[0].float(), hs[i, : hs_lens[i]].float(), atol=2e-2, rtol=0)
+    # a model decodes with it only when asked, gives float32 back, and never trains with it
+    model = build_model({"encoder": {"type": "pblstm", "hidden_size": 32, "num_layers": 3, "subsample": [2, 2, 1], "dropout": 0.0}, **SMALL_DEC}, vocab_size=12, sos_id=1, eos_id=2, pad_id=0)
+    model.eval()
+    out32, _ = model.encode(xs, lens)
+    model.set_encoder_dtype("bfloat16")
+    out16, _ = model.encode(xs, lens)
+    assert out16.dtype == torch.float32 and not torch.equal(out16, out32)
+    assert (out16 - out32).abs().max() < 0.1
+    assert torch.equal(model.train().encode(xs, lens)[0], out32)  # training: float32, packed, whatever was asked
+
+
+def test_set_encoder_dtype_refuses_other_dtypes():
+    from asr.models.asr_model import build_model
+
+    model = build_model({"encoder": {"type": "pblstm", "hidden_size": 8, "num_layers": 1, "subsample": [2]}, **SMALL_DEC}, vocab_size=12, sos_id=1, eos_id=2, pad_id=0)
+    for ok in ("float32", torch.float32, None):
+        model.set_encoder_dtype(ok)
+        assert model.encoder_dtype is None
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        model.set_encoder_dtype(torch.float16)

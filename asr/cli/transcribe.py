@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--length-penalty", type=float)
     ap.add_argument("--nbest", type=int, default=1, help="with --json: the N best hypotheses")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 (default) = the cores not busy with other processes (OMP_NUM_THREADS wins)")
+    ap.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the encoder's compute dtype; bfloat16 is 2-3x faster on CPUs with AMX / AVX512-BF16 (decoder and scores stay float32)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     given = {k: v for k, v in (("beam_size", args.beam_size), ("ctc_weight", args.ctc_weight), ("length_penalty", args.length_penalty)) if v is not None}
     try:
-        s2t = Speech2Text.from_pretrained(args.model, device=args.device, threads=args.threads, **given)
+        s2t = Speech2Text.from_pretrained(args.model, device=args.device, threads=args.threads, encoder_dtype=args.encoder_dtype, **given)
     except (FileNotFoundError, ValueError) as exc:
         print(f"asr-transcribe: cannot load the model: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import torch
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION
 from asr.data.dataset import load_split
-from asr.decoding.engine import Engine, EngineInput, InputResult, Unit, check_batching, check_device, model_sha256, utt_id_for
+from asr.decoding.engine import ENCODER_DTYPES, Engine, EngineInput, InputResult, Unit, check_batching, check_device, model_sha256, utt_id_for
 from asr.decoding.longform import SegmentOptions, stitch
 from asr.decoding.results import (
     INPUT_KEY,
@@ -105,6 +105,8 @@ def resume_settings(cfg: Mapping[str, Any], opts: DecodingOptions) -> dict[str, 
         **source,
         "longform_max_s": float(cfg.get("longform_max_s", 0) or 0),
     }
+    if str(cfg.get("encoder_dtype", "float32")) != "float32":  # bf16 differs by more than float noise: a key of its own
+        settings["encoder_dtype"] = str(cfg["encoder_dtype"])
     if cfg.get("lm"):
         settings["lm"] = {"path": str(Path(cfg["lm"]).resolve()), "sha256": model_sha256(cfg["lm"])}
     members = _ensemble_paths(cfg)
@@ -178,6 +180,8 @@ def check_settings(cfg: Mapping[str, Any]) -> SegmentOptions:
     resolve_options(None, given)  # bad option values fail here, before any model is read
     check_batching(cfg.get("batch_size", 16), cfg.get("max_frames", 0) or 0)
     check_device(cfg.get("device", "cpu"))
+    if str(cfg.get("encoder_dtype", "float32")) not in ENCODER_DTYPES:
+        raise ValueError(f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, got {cfg.get('encoder_dtype')!r}")
     longform_max_s = float(cfg.get("longform_max_s", 0) or 0)
     if not cfg.get("data_dir") and not audio_list(cfg):
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")
@@ -191,7 +195,7 @@ def load_engine(cfg: Mapping[str, Any], device: str | None = None) -> Engine:
     seg = check_settings(cfg)
     return Engine.load(
         cfg["ckpt"], _ensemble_paths(cfg), given_options(cfg), lm=cfg.get("lm") or None, device=device or cfg.get("device", "cpu"), batch_size=cfg.get("batch_size", 16),
-        max_frames=cfg.get("max_frames", 0) or 0, segments=seg,
+        max_frames=cfg.get("max_frames", 0) or 0, segments=seg, encoder_dtype=str(cfg.get("encoder_dtype", "float32")),
     )
 
 
