@@ -99,13 +99,16 @@ def test_a_failing_process_is_one_line_and_keeps_nothing_half_merged(tmp_path):
 
 
 def test_gpu_decode_script_runs_on_the_cpu(mini_an4, tmp_path):
-    """recipes/an4/local/gpu_decode.sh in CI size with DEVICE=cpu: a row per search and batch size, with WER."""
+    """recipes/an4/local/gpu_decode.sh in CI size with DEVICE=cpu: a row per search, batch size and encoder dtype,
+    with WER and the hypotheses equal to float32's."""
     env = {**__import__("os").environ, "DEVICE": "cpu", "BATCHES": "1,2", "SEARCHES": "greedy,beam10", "DATA": str(mini_an4 / "data/test"), "THREADS": "1"}
     proc = subprocess.run(["bash", str(ROOT / "recipes/an4/local/gpu_decode.sh"), str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "out" / "bench_decode.json").read_text())
-    assert [(r["search"], r["batch"]) for r in rows] == [("greedy", 1), ("greedy", 2), ("beam10", 1), ("beam10", 2)]
+    assert [(r["search"], r["batch"], r["encoder_dtype"]) for r in rows] == [
+        (s, b, d) for s in ("greedy", "beam10") for b in (1, 2) for d in ("float32", "bfloat16")]
     for r in rows:
         assert r["n_utts"] == 2 and r["audio_s"] > 1 and 0 < r["rtf_search"] <= r["rtf_wall"] and 0 <= r["wer"] <= 100
-    assert rows[0]["wer"] == rows[1]["wer"]  # batched = unbatched
+        assert r["same_hyps"] == 2  # the shipped model's texts with a bf16 encoder
+    assert rows[0]["wer"] == rows[2]["wer"]  # batched = unbatched
     assert "RTFx" in (tmp_path / "out" / "bench_decode.txt").read_text()

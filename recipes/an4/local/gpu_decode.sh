@@ -21,5 +21,5 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU (device ${device})"
   python -c "import torch; print('torch', torch.__version__)"; } > "${out}/gpu.txt"
 python scripts/bench_decode.py --engine --ckpt "${MODEL:-models/an4_pblstm_x4}" --data_dir "${data}" --device "${device}" \
-    --batches "${BATCHES:-1,8,32,128,512}" --searches "${SEARCHES:-}" --limit "${LIMIT:-0}" --threads "${THREADS:-2}" \
+    --batches "${BATCHES:-1,8,32,128,512}" --encoder_dtypes "${ENCODER_DTYPES:-float32,bfloat16}" --searches "${SEARCHES:-}" --limit "${LIMIT:-0}" --threads "${THREADS:-2}" \
     --beam 10 --ctc_weight 0.3 --work "${out}/work" --json "${out}/bench_decode.json" | tee "${out}/bench_decode.txt"
