@@ -9,7 +9,7 @@ EXPERIMENT ?= an4/location_aware_x4_noaug
 BEAM ?= 10
 SCORERS := location location_aware additive dot general
 
-.PHONY: venv lock test test-all smoke an4 an4-ensemble an4-all an4-transformer results clean device-bundle
+.PHONY: venv lock test test-all smoke an4 an4-ensemble an4-all an4-transformer an4-robust results clean device-bundle
 
 # Installs the exact versions of requirements.lock (every package, sha256-checked), then the project itself
 # without resolving anything again. `make lock` rewrites the lock from pyproject.toml (see README, "Install").
@@ -70,6 +70,13 @@ an4-transformer: venv
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  gpu="--train_args trainer=gpu --decode_args device=cuda"; else gpu=""; fi; \
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment an4/transformer_ctc_cpu --beam_size $(BEAM) --ctc_weight 0.6 $$gpu
+
+# an4-robust: the recipe with the channel/noise-augmented experiment (an4/location_aware_x4_channel: simulated rooms,
+# generated noise and a competing talker, band-limiting incl. 8 kHz, gain; 36 epochs) and the robustness sets
+# (telephone band, noise at 10 / 0 dB, reverberation, silence, noise only) scored in stage 6; the model shipped as
+# models/an4_pblstm_x4_channel (recipes/an4/README.md "Audio unlike AN4").
+an4-robust: venv
+	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment an4/location_aware_x4_channel --eval_sets true --beam_size $(BEAM)
 
 an4-all: venv
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --stop_stage 3
