@@ -653,6 +653,12 @@ def beam_search(
             alive = [alive[bi] for bi in kept.tolist()]
             scores, y, hist, max_lens = scores.index_select(0, kept), y.index_select(0, rows), hist.index_select(0, rows), max_lens.index_select(0, kept.to(max_lens.device))
             base = base[: len(alive)]
+    # An utterance can end with nothing finished: every extension scored -inf (joint CTC allows no more tokens
+    # than the frames hold, while eos is still blocked by min_len or by the attention window). It gets the empty
+    # hypothesis (score -inf, marked as stopped by the length limit) rather than failing its whole batch.
+    for f in finished:
+        if not f:
+            f.append(([], float("-inf"), float("-inf"), False))
     # best first; sorted() is stable, so ties keep their finishing order and [0] is max()'s choice
     ranked = [sorted(f, key=lambda h: h[2], reverse=True)[: nbest or 1] for f in finished]
     # Attention is recomputed for the returned hypotheses only (one teacher-forced decoder pass, batched).
