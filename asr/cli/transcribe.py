@@ -5,6 +5,7 @@
     asr-transcribe --list files.txt                     # one path per line ("-": standard input)
     find audio -name '*.wav' | asr-transcribe --list -
     asr-transcribe --model my_model_dir --beam-size 4 --ctc-weight 0.5 a.wav
+    asr-transcribe --model models/an4_pblstm_x4_channel --encoder-dtype bfloat16 call_8khz.wav
 
 Decoding is :meth:`asr.inference.Speech2Text.stream` (the engine of ``asr-decode``, :mod:`asr.decoding.engine`):
 recordings of any length (long ones are decoded in segments cut at pauses), results printed in input order as they
@@ -12,7 +13,9 @@ are decoded. A file that cannot be transcribed (missing, not audio, too short, .
 standard error and the others are still transcribed; the exit status is 1 only when every input failed (2: usage
 errors such as ``--batch-size 0``, ``--nbest`` above the beam size or ``--device cuda`` without a GPU, each a
 one-line message; no input). ``--nbest`` without ``--json`` is ignored with a one-line warning. ``--threads``: torch
-CPU threads, 0 (default) = the cores not busy with other processes. ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
+CPU threads, 0 (default) = the cores not busy with other processes. ``--encoder-dtype bfloat16``: the encoder in bf16
+(the decoder and scores stay float32), about 2.5x faster encoding on a CPU with AMX / AVX512-BF16
+(:meth:`asr.models.asr_model.AttentionASRModel.set_encoder_dtype`). ``--model`` also takes a ``.ckpt`` checkpoint or a Hugging Face repository id (with
 huggingface_hub).
 
 File names (:mod:`asr.utils.names`): in ``path<TAB>text`` and ``path<TAB>error`` lines the path is escaped (``\\`` ->
