@@ -137,6 +137,42 @@ def test_decode_batch_dispatch_and_errors(batch):
         DecodingOptions(ctc_weight=1.5)
 
 
+def test_prefix_scores_of_long_peaky_utterances_equal_the_log_domain_sum():
+    """``score`` sums ``phi_{t-1} + x_t(c)`` over frames as a float64 matrix product out of the log domain (each
+    factor scaled by its maximum): on 300-frame utterances with confident posteriors (log-probabilities down to
+    about -60 per frame, hundreds of nats between frames' terms) every prefix score equals the log-domain
+    logsumexp over frames of the returned state, repeated token included, to 1e-4."""
+    torch.manual_seed(0)
+    b, t, v = 2, 300, 6
+    logp = torch.log_softmax(torch.randn(b, t, v) * 12.0, -1)
+    lens = torch.tensor([300, 211])
+    k = 2
+    scorer = CTCPrefixScorer(logp, lens, BLANK, EOS, beam=k)
+    state = scorer.init_state()
+    for step in range(6):
+        psi, r = scorer.score(state)
+        # reference: psi(g + c) = logsumexp_t phi_{t-1}(g, c) + x_t(c) in float64, phi from the state
+        x = scorer.x.double()  # (T, N, V)
+        rb, rn = state.r[:, 0].double(), state.r[:, 1].double()
+        total = torch.logaddexp(rb, rn)
+        start = torch.where(state.last < 0, 0.0, float("-inf")).double()
+        phi = torch.cat([start[None], total[:-1]], 0)[:, :, None].expand(-1, -1, v).clone()
+        phi_rb = torch.cat([start[None], rb[:-1]], 0)
+        for i, last in enumerate(state.last.tolist()):
+            if last >= 0:
+                phi[:, i, last] = phi_rb[:, i]
+        ref = torch.logsumexp(phi + x, 0)
+        cols = [c for c in range(v) if c not in (BLANK, EOS)]
+        got, want = psi[:, cols].double(), ref[:, cols]
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), step
+        fin = torch.isfinite(want)
+        assert fin.any() and float((got[fin] - want[fin]).abs().max()) < 1e-4, step
+        terms = (phi + x)[:, :, cols]
+        assert float(terms[torch.isfinite(terms)].max() - terms[torch.isfinite(terms)].min()) > 500  # a wide range
+        best = psi.masked_fill(torch.arange(v)[None] == EOS, float("-inf")).argmax(-1)  # extend by each row's best token
+        state = scorer.select(psi, r, torch.arange(b * k), best)
+
+
 def test_keep_drops_rows_and_leaves_the_kept_scores_unchanged(ctc_example):
     """``CTCPrefixScorer.keep`` (beam search dropping done utterances): the kept rows score every extension as
     in the full scorer, also after the frames past the longest kept utterance are cut off."""

@@ -84,9 +84,14 @@ class CTCPrefixScorer:
         self.lens = lens.repeat_interleave(beam)
 
     def _set_x(self, x: Tensor) -> None:
-        """Frame posteriors ``x (T, N, V)`` and, for the recursion, ``xx (T, 2, N, V)``: ``(x_t(blank), x_t(c))``."""
+        """Frame posteriors ``x (T, N, V)``; for the recursion ``xx (T, 2, N, V)``: ``(x_t(blank), x_t(c))``; for the
+        prefix probabilities (:meth:`score`) ``x`` out of the log domain, per row and token scaled by its maximum over
+        frames: ``ex = exp(x - x_max)`` ``(N, T, V)`` float64 and ``x_max`` ``(N, V)``."""
         self.x = x
         self.xx = torch.stack([x[:, :, self.blank, None].expand_as(x), x], 1)
+        x_max = x.amax(0)
+        self.x_max = torch.where(torch.isfinite(x_max), x_max, 0.0)
+        self.ex = torch.exp(x - self.x_max).transpose(0, 1).double()
 
     def init_state(self) -> CTCPrefixState:
         """State of the empty prefix for all ``N = B x K`` rows: ``r^n = -inf``, ``r^b_t = sum_{s<=t} x_s(blank)``."""
@@ -118,16 +123,28 @@ class CTCPrefixScorer:
         start = torch.where(state.last < 0, 0.0, NEG_INF).to(x)  # phi_{-1}: the virtual frame, only the empty prefix
         buf[0, 1] = start[:, None] + x[0]
         # r_t^b = logaddexp(r_{t-1}^n, r_{t-1}^b) + x_t(blank), r_t^n = logaddexp(r_{t-1}^n, phi_{t-1}) + x_t(c):
-        # one logaddexp of r_{t-1}^n with the strided pair (r_{t-1}^b, phi_{t-1}), one add of (x_t(blank), x_t(c)).
+        # one logaddexp of r_{t-1}^n with the strided pair (r_{t-1}^b, phi_{t-1}), one add of (x_t(blank), x_t(c)),
+        # on views made before the loop (unbind: one call, not five slicings per frame) into one scratch buffer.
         # An extension of a prefix of L tokens has L + 1 labels, so r_t = -inf for t < L: start at the shortest.
         t0 = int(state.length.min())
+        r_n, pair, out, xx = buf[:, 1:2].unbind(0), buf[:, 0::2].unbind(0), buf[:, 0:2].unbind(0), self.xx.unbind(0)
+        tmp = x.new_empty((2, n, v))
         for t in range(max(1, t0), t_max):
-            torch.add(torch.logaddexp(buf[t - 1, 1:2], buf[t - 1, 0::2]), self.xx[t], out=buf[t, 0:2])
-        # psi(h) = logsumexp_t phi_{t-1} + x_t(c); phi_{t-1}(g) = -inf for t < len(g): sum from the shortest prefix on.
-        if t0 == 0:
-            psi = torch.logsumexp(torch.cat([start[None, :, None].expand(1, n, v), buf[:-1, 2]], 0) + x, dim=0)  # (N, V)
-        else:
-            psi = torch.logsumexp(buf[t0 - 1 : -1, 2] + x[t0:], dim=0) if t0 < t_max else x.new_full((n, v), NEG_INF)
+            torch.add(torch.logaddexp(r_n[t - 1], pair[t - 1], out=tmp), xx[t], out=out[t])
+        # psi(h) = logsumexp_t phi_{t-1} + x_t(c). phi_{t-1} is total_{t-1}(g) for every c but g's last token, so
+        # out of the log domain the sum over frames is one batched matrix product (N, 1, T) @ (N, T, V), each factor
+        # scaled by its maximum (float64: terms 700 nats below the largest still count), instead of a logsumexp over
+        # (T, N, V); the repeated token's column (phi = r^b) is then rewritten from a (T, N) logsumexp.
+        phi = torch.cat([start[None], total[:-1]], 0)  # (T, N) phi_{t-1} of a non-repeating extension
+        phi_max = phi.amax(0)
+        phi_max = torch.where(torch.isfinite(phi_max), phi_max, 0.0)
+        prod = torch.bmm(torch.exp(phi - phi_max).t().double()[:, None, :], self.ex)[:, 0]  # (N, V)
+        psi = (torch.log(prod) + self.x_max.double() + phi_max.double()[:, None]).to(x.dtype)
+        last = state.last.clamp(min=0)[:, None]  # (N, 1); rows of the empty prefix (last -1) keep their value
+        phi_rep = torch.cat([start[None], r_prev[:-1, 0]], 0)  # (T, N) r^b_{t-1}(g)
+        x_rep = x.gather(2, last[None].expand(t_max, -1, -1))[..., 0]  # (T, N) x_t(last token of g)
+        psi_rep = torch.where(state.last >= 0, torch.logsumexp(phi_rep + x_rep, dim=0), psi.gather(1, last)[:, 0])
+        psi.scatter_(1, last, psi_rep[:, None])
         psi[:, self.eos] = total[-1]
         psi[:, self.blank] = NEG_INF
         return psi, buf[:, 0:2]
