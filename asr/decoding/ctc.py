@@ -155,7 +155,9 @@ class CTCPrefixScorer:
         ``x`` is blank-only padding, so every kept row's scores are unchanged). Beam search calls this when
         utterances of the batch are done, so finished ones cost nothing more."""
         t_keep = int(self.lens.index_select(0, rows).max())
-        self._set_x(self.x[:t_keep].index_select(1, rows))
+        # the kept rows of what _set_x computed (a copy: cheaper than computing it again)
+        self.x, self.xx = self.x[:t_keep].index_select(1, rows), self.xx[:t_keep].index_select(2, rows)
+        self.x_max, self.ex = self.x_max.index_select(0, rows), self.ex[:, :t_keep].index_select(0, rows)
         self.lens = self.lens.index_select(0, rows)
         return CTCPrefixState(state.r[:t_keep].index_select(2, rows), state.psi.index_select(0, rows), state.last.index_select(0, rows), state.length.index_select(0, rows))
 
