@@ -72,7 +72,7 @@ an4-transformer: venv
 	recipes/an4/run.sh $(if $(AN4_ROOT),--an4_root "$(AN4_ROOT)") --experiment an4/transformer_ctc_cpu --beam_size $(BEAM) --ctc_weight 0.6 $$gpu
 
 # an4-robust: the recipe with the channel/noise-augmented experiment (an4/location_aware_x4_channel: simulated rooms,
-# generated noise and a competing talker, band-limiting incl. 8 kHz, gain; 36 epochs) and the robustness sets
+# generated noise and a competing talker, band-limiting incl. 8 kHz, gain; 48 epochs) and the robustness sets
 # (telephone band, noise at 10 / 0 dB, reverberation, silence, noise only) scored in stage 6; the model shipped as
 # models/an4_pblstm_x4_channel (recipes/an4/README.md "Audio unlike AN4").
 an4-robust: venv

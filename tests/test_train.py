@@ -78,8 +78,8 @@ def test_every_experiment_config_composes_and_instantiates(tmp_path, experiment,
         if experiment.endswith("_channel"):  # waveform augmentation from epoch 5, SpecAugment off, no speed perturbation
             assert cfg.data.wave_augment.start_epoch == 5 and cfg.data.wave_augment.noise.prob > 0
             assert cfg.augment.num_freq_masks == 0 and cfg.augment.num_time_masks == 0 and list(cfg.data.speed_perturb) == []
-            # the dev-chosen draws: a competing talker from the recipe's training data as half the noise, 36 epochs
-            assert cfg.data.wave_augment.noise.corpus == "data/train_nodev" and cfg.trainer.max_epochs == 36
+            # the dev-chosen draws: a competing talker from the recipe's training data as half the noise, 48 epochs
+            assert cfg.data.wave_augment.noise.corpus == "data/train_nodev" and cfg.trainer.max_epochs == 48
             assert list(cfg.data.wave_augment.noise.snr_db) == [5, 20] and cfg.data.wave_augment.reverb.prob == 0.2
         if experiment.endswith("_x4"):
             assert cfg.augment.freq_mask_width == 15 and list(cfg.data.speed_perturb) == [0.9, 1.0, 1.1]
