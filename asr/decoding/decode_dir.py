@@ -24,7 +24,7 @@ import torch
 
 from asr.data.datadir import DEFAULT_MAX_BAD_FRACTION
 from asr.data.dataset import load_split
-from asr.decoding.engine import ENCODER_DTYPES, Engine, EngineInput, InputResult, Unit, check_batching, check_device, model_sha256, utt_id_for
+from asr.decoding.engine import Engine, EngineInput, InputResult, Unit, check_batching, check_device, check_encoder_dtype, model_sha256, utt_id_for
 from asr.decoding.longform import SegmentOptions, stitch
 from asr.decoding.results import (
     INPUT_KEY,
@@ -180,8 +180,7 @@ def check_settings(cfg: Mapping[str, Any]) -> SegmentOptions:
     resolve_options(None, given)  # bad option values fail here, before any model is read
     check_batching(cfg.get("batch_size", 16), cfg.get("max_frames", 0) or 0)
     check_device(cfg.get("device", "cpu"))
-    if str(cfg.get("encoder_dtype", "float32")) not in ENCODER_DTYPES:
-        raise ValueError(f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, got {cfg.get('encoder_dtype')!r}")
+    check_encoder_dtype(str(cfg.get("encoder_dtype", "float32")))
     longform_max_s = float(cfg.get("longform_max_s", 0) or 0)
     if not cfg.get("data_dir") and not audio_list(cfg):
         raise ValueError("asr-decode needs data_dir=<Kaldi data dir> or audio=[file,...]")

@@ -57,7 +57,7 @@ from asr.decoding.search import DecodingOptions, Hypothesis, beam_search, ctc_lo
 from asr.decoding.nospeech import is_no_speech
 from asr.features.audio import AudioError, AudioInputWarning, read_audio
 from asr.features.fbank import FbankOptions, compute_fbank
-from asr.models.asr_model import AttentionASRModel
+from asr.models.asr_model import ENCODER_DTYPES, AttentionASRModel
 from asr.models.pretrained import load_model
 from asr.text.tokenizer import Tokenizer
 from asr.utils.io import file_sha256
@@ -276,14 +276,12 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-ENCODER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def check_encoder_dtype(name: Any, device: torch.device) -> torch.dtype | None:
-    """The encoder compute dtype ``name`` (``"float32"`` or ``"bfloat16"``) asks for on ``device``, for
-    :meth:`AttentionASRModel.set_encoder_dtype`: None for float32, and for bfloat16 on a CPU without native bf16
-    (no AMX / AVX512-BF16: oneDNN would emulate it several times slower, as ``asr.cli.train.cpu_precision``
-    measured), with a warning.
+def check_encoder_dtype(name: Any, device: torch.device | None = None) -> torch.dtype | None:
+    """The encoder compute dtype ``name`` (``"float32"`` or ``"bfloat16"``, :data:`ENCODER_DTYPES`) asks for on
+    ``device``, for :meth:`AttentionASRModel.set_encoder_dtype`: None for float32, and for bfloat16 on a CPU without
+    native bf16 (no AMX / AVX512-BF16: oneDNN would emulate it several times slower, as
+    ``asr.cli.train.cpu_precision`` measured), with a warning. ``device`` None: only the name is checked (settings
+    checked before a model is loaded).
 
     Raises
     ------
@@ -293,7 +291,7 @@ def check_encoder_dtype(name: Any, device: torch.device) -> torch.dtype | None:
     if name not in ENCODER_DTYPES:
         raise ValueError(f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, got {name!r}")
     dtype = ENCODER_DTYPES[name]
-    if dtype is torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype is torch.bfloat16 and device is not None and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         warnings.warn("encoder_dtype=bfloat16 asked for on a CPU without native bf16 (no AMX / AVX512-BF16): the encoder runs in float32", RuntimeWarning, stacklevel=3)
         return None
     return dtype

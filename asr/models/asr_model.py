@@ -22,6 +22,11 @@ ENCODERS = {"pblstm": PyramidalBLSTMEncoder, "transformer": TransformerEncoder, 
 DECODERS = {"rnn": RNNAttentionDecoder, "transformer": TransformerDecoder}
 
 
+#: The encoder compute dtypes by name (:meth:`AttentionASRModel.set_encoder_dtype`; None = the parameters' float32),
+#: the names ``asr-decode encoder_dtype=``, ``asr-transcribe --encoder-dtype`` and the Python API take.
+ENCODER_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+
+
 class AttentionASRModel(nn.Module):
     """CMVN → encoder → attention decoder, trained with label-smoothed cross-entropy under teacher forcing.
 
@@ -106,7 +111,7 @@ class AttentionASRModel(nn.Module):
             A dtype other than float32 and bfloat16.
         """
         if isinstance(dtype, str):
-            dtype = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(dtype, dtype)  # type: ignore[arg-type]
+            dtype = ENCODER_DTYPES.get(dtype, dtype)  # type: ignore[assignment]
         if dtype == torch.float32:
             dtype = None
         if dtype not in (None, torch.bfloat16):
